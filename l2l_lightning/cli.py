@@ -1,0 +1,56 @@
+"""The ``l2l`` command: LightningCLI over :class:`~l2l_lightning.MetaLearner`.
+
+``l2l fit --config configs/quadratic.yaml`` meta-trains; ``l2l validate`` / ``l2l test``
+evaluate a checkpoint (``--ckpt_path``).  After ``fit`` the best checkpoint is
+evaluated on the held-out test problems unless ``--test_after_fit false``.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+from lightning.pytorch.cli import ArgsType, LightningCLI
+
+from l2l_lightning.errors import L2LError
+from l2l_lightning.meta.module import MetaLearner
+
+
+class L2LCLI(LightningCLI):
+    """LightningCLI restricted to the subcommands that make sense for meta-training."""
+
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        commands = LightningCLI.subcommands()
+        return {name: commands[name] for name in ("fit", "validate", "test")}
+
+    def add_arguments_to_parser(self, parser: Any) -> None:
+        parser.add_argument(
+            "--test_after_fit",
+            type=bool,
+            default=True,
+            help="After fit, evaluate the best checkpoint on the held-out test problems.",
+        )
+
+    def after_fit(self) -> None:
+        if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
+            ckpt = "best" if self.trainer.checkpoint_callback is not None else None
+            self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
+
+
+def main(args: Optional[ArgsType] = None) -> None:
+    """Entry point of the ``l2l`` console script."""
+    try:
+        L2LCLI(
+            MetaLearner,
+            seed_everything_default=0,
+            save_config_kwargs={"overwrite": True},
+            args=args,
+        )
+    except L2LError as error:
+        print(f"l2l: error: {error}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""Exceptions that carry a message meant for the user, not a traceback.
+
+The ``l2l`` command prints these as ``l2l: error: <message>`` and exits non-zero;
+library users can catch them by type.  They subclass the builtin they refine so
+that ``except ValueError`` keeps working.
+"""
+
+
+class L2LError(Exception):
+    """Base class of every error l2l-lightning raises on purpose."""
+
+
+class ConfigError(L2LError, ValueError):
+    """A setting has a value that cannot work; the message names the setting and what is allowed."""
+
+
+class NonFiniteMetaLossError(L2LError, RuntimeError):
+    """Meta-training produced too many non-finite meta-losses or meta-gradients in a row."""

@@ -1,0 +1,354 @@
+"""``MetaLearner``: the LightningModule that meta-trains a learned optimizer.
+
+Its only trainable weights are the learned optimizer's (``self.net``).  One
+``training_step`` is one truncation of truncated BPTT: it continues the current
+optimizees for ``unroll`` inner steps (:func:`~l2l_lightning.meta.unroll.unroll`),
+returns the weighted sum of their losses, and Lightning's automatic optimization
+steps the meta-optimizer, so gradient clipping, precision, DDP, checkpointing and
+loggers are all Lightning's own.  After ``num_steps`` inner steps a fresh problem
+is drawn from the task.
+
+Validation and test run full-horizon unrolls on fixed held-out problems and put
+the learned optimizer next to Adam with its learning rate tuned on a grid on those
+very problems (the hardest fair baseline: it saw the test problems when tuning).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal, Optional, Sequence, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import OptimizerCallable
+from lightning.pytorch.loggers import TensorBoardLogger
+from torch import Tensor, nn
+from torch.utils.data import DataLoader
+
+from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError
+from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
+from l2l_lightning.meta.metrics import CurveMean
+from l2l_lightning.meta.unroll import evaluate_learned, unroll
+from l2l_lightning.nets.lstm import CoordinatewiseLSTM
+from l2l_lightning.tasks.base import Problem, Task
+
+LossWeights = Union[Literal["uniform", "increasing"], list[float]]
+
+
+@dataclass
+class _Carry:
+    """What one truncation hands to the next: the same problem, continued."""
+
+    problem: Problem
+    theta: Tensor
+    state: Tensor
+    step: int
+
+
+def _check_positive_int(name: str, value: Any) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"MetaLearner: {name}={value!r} must be a positive integer")
+
+
+def loss_weights_for(spec: LossWeights, num_steps: int) -> Tensor:
+    """The per-step weights ``w_t``, ``t = 1 … num_steps``, of the meta-loss."""
+    if spec == "uniform":
+        return torch.ones(num_steps)
+    if spec == "increasing":
+        return torch.arange(1, num_steps + 1, dtype=torch.float32) / num_steps
+    if isinstance(spec, str):
+        raise ConfigError(f"MetaLearner: loss_weights={spec!r}; allowed: 'uniform', 'increasing' or a list of floats")
+    weights = torch.tensor(list(spec), dtype=torch.float32)
+    if weights.shape != (num_steps,) or not torch.isfinite(weights).all() or (weights < 0).any():
+        raise ConfigError(
+            f"MetaLearner: loss_weights has {weights.numel()} entries; a list needs num_steps={num_steps} "
+            "finite non-negative floats"
+        )
+    return weights
+
+
+class _Indices(torch.utils.data.Dataset):
+    """``0 … n-1``: the meta-training loop's 'batches' are truncation / held-out-problem indices."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+
+class MetaLearner(L.LightningModule):
+    """Meta-trains ``net`` on optimizees drawn from ``task``.
+
+    Args:
+        task: the distribution of optimizees (e.g. :class:`~l2l_lightning.tasks.QuadraticTask`).
+        net: the learned optimizer; default ``CoordinatewiseLSTM()`` with the paper's settings.
+        num_steps: horizon: inner steps per optimizee before a fresh one is drawn (paper: 100).
+        unroll: inner steps per truncation, i.e. per meta-update (paper: 20); must divide ``num_steps``.
+        second_derivatives: back-propagate through the optimizee's gradient too (paper: off).
+        loss_weights: the meta-loss weights ``w_t`` over the horizon: ``"uniform"`` (paper,
+            all 1), ``"increasing"`` (``t / num_steps``) or an explicit list of ``num_steps`` floats.
+        meta_optimizer: the optimizer of φ (paper: Adam, lr 1e-3), e.g.
+            ``--model.meta_optimizer.lr 3e-3`` on the command line.
+        truncations_per_epoch: meta-updates per Lightning epoch (validation runs per epoch by default).
+        val_problems, test_problems: held-out draws from ``task`` used by validation / test.
+        val_seed, test_seed: seeds of those draws (draw ``i`` uses ``seed + i``); training
+            draws from a generator seeded by the global seed, rank and step, never these.
+        baseline_lrs: the grid on which Adam's learning rate is tuned for the comparison.
+        max_nonfinite_in_row: stop with an error after this many consecutive meta-steps whose
+            loss or gradient was NaN/Inf (each one is skipped and counted in ``meta/skipped_steps``).
+
+    The meta-loss of a truncation covering inner steps ``s+1 … s+unroll`` is
+    ``Σ_t w_t · mean_i f_i(θ_t)``: the losses *after* each update, averaged over the
+    problem's independent optimizees (the mean keeps the logged value readable; each
+    optimizee's inner gradient is still its own, undivided).  The authors' code sums
+    ``unroll + 1`` losses, the first taken before any update; that term has no
+    gradient with respect to φ, so both give the same meta-gradient.  A popular PyTorch
+    reimplementation instead sums the losses *before* each update, which leaves the
+    last update of every truncation without a meta-gradient; we do not.
+    """
+
+    def __init__(
+        self,
+        task: Task,
+        net: Optional[CoordinatewiseLSTM] = None,
+        num_steps: int = 100,
+        unroll: int = 20,
+        second_derivatives: bool = False,
+        loss_weights: LossWeights = "uniform",
+        meta_optimizer: OptimizerCallable = torch.optim.Adam,
+        truncations_per_epoch: int = 100,
+        val_problems: int = 1,
+        test_problems: int = 1,
+        val_seed: int = 10_000,
+        test_seed: int = 20_000,
+        baseline_lrs: Sequence[float] = DEFAULT_LR_GRID,
+        max_nonfinite_in_row: int = 10,
+    ) -> None:
+        super().__init__()
+        for name, value in (
+            ("num_steps", num_steps),
+            ("unroll", unroll),
+            ("truncations_per_epoch", truncations_per_epoch),
+            ("val_problems", val_problems),
+            ("test_problems", test_problems),
+            ("max_nonfinite_in_row", max_nonfinite_in_row),
+        ):
+            _check_positive_int(name, value)
+        if num_steps % unroll:
+            raise ConfigError(
+                f"MetaLearner: num_steps={num_steps} is not a multiple of unroll={unroll}; "
+                "every truncation must have the same length (paper: num_steps=100, unroll=20)"
+            )
+        if not baseline_lrs or any(not (lr > 0) for lr in baseline_lrs):
+            raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
+        if not isinstance(task, Task):
+            raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
+        self.save_hyperparameters(ignore=["net"])
+        self.task = task
+        self.net = net if net is not None else CoordinatewiseLSTM()
+        self.num_steps = num_steps
+        self.unroll = unroll
+        self.second_derivatives = second_derivatives
+        self.meta_optimizer = meta_optimizer
+        self.truncations_per_epoch = truncations_per_epoch
+        self.baseline_lrs = tuple(float(lr) for lr in baseline_lrs)
+        self.max_nonfinite_in_row = max_nonfinite_in_row
+        self.register_buffer("loss_weights", loss_weights_for(loss_weights, num_steps), persistent=False)
+        self.curves = nn.ModuleDict({stage: CurveMean(num_steps) for stage in ("val", "test")})
+        self._heldout = {"val": (val_problems, val_seed), "test": (test_problems, test_seed)}
+        self._problems: dict[str, list[Problem]] = {}
+        self._baselines: dict[str, TunedBaseline] = {}
+        self._carry: Optional[_Carry] = None
+        self._generator: Optional[torch.Generator] = None
+        self._loss_finite = True
+        self._nonfinite_in_row = 0
+        self._skipped = 0
+
+    # ------------------------------------------------------------------ training
+    def on_train_start(self) -> None:
+        # Each rank, and each resumed run, draws its own stream of problems.
+        seed = torch.initial_seed() + 1_000_003 * self.global_rank + self.global_step
+        self._generator = torch.Generator().manual_seed(seed % 2**63)
+        self._carry = None
+
+    def _next_carry(self) -> _Carry:
+        carry = self._carry
+        if carry is None or carry.step >= self.num_steps:
+            problem = self.task.sample(self._generator, self.device)
+            theta = problem.initial_params()
+            carry = _Carry(problem, theta, self.net.init_state(theta.numel(), device=self.device), 0)
+        return carry
+
+    def training_step(self, batch: int, batch_idx: int) -> Tensor:
+        carry = self._next_carry()
+        losses, theta, state = unroll(
+            self.net,
+            carry.problem,
+            carry.theta,
+            carry.state,
+            carry.step,
+            self.unroll,
+            second_derivatives=self.second_derivatives,
+        )
+        self._carry = _Carry(carry.problem, theta, state, carry.step + self.unroll)
+        weights = self.loss_weights[carry.step : carry.step + self.unroll]
+        meta_loss = (losses.mean(dim=1) * weights).sum()
+        self._loss_finite = bool(torch.isfinite(meta_loss))
+        self.log("meta/loss", meta_loss, prog_bar=True)
+        self.log("meta/final_loss", losses[-1].mean())
+        return meta_loss
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Skip the meta-step when the loss or any meta-gradient is NaN/Inf.
+
+        Clearing every ``.grad`` makes ``torch.optim`` optimizers skip all parameters
+        (weights, moments and step counts stay as they were).  Gradients are already
+        all-reduced under DDP and the loss flag is agreed on, so all ranks decide alike.
+        """
+        finite = self._loss_finite and all(
+            bool(torch.isfinite(p.grad).all()) for p in self.net.parameters() if p.grad is not None
+        )
+        finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
+        if finite:
+            self._nonfinite_in_row = 0
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            self._nonfinite_in_row += 1
+            self._skipped += 1
+            self._carry = None  # the problem diverged: start a fresh one
+            warnings.warn(
+                f"meta-step {self.global_step} skipped: non-finite meta-loss or meta-gradient "
+                f"({self._nonfinite_in_row} in a row, {self._skipped} in total); the optimizer weights are unchanged"
+            )
+            if self._nonfinite_in_row >= self.max_nonfinite_in_row:
+                raise NonFiniteMetaLossError(
+                    f"{self._nonfinite_in_row} meta-steps in a row had a non-finite meta-loss or meta-gradient, "
+                    "so training stopped; the weights and checkpoints hold the last finite step. Lower "
+                    "model.net.init_args.output_scale or the meta learning rate (model.meta_optimizer.lr), set "
+                    "trainer.gradient_clip_val, or raise model.max_nonfinite_in_row to tolerate more."
+                )
+        self.log("meta/skipped_steps", float(self._skipped))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return self.meta_optimizer(self.net.parameters())
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        """Keep the best optimizer by ``val/mean_loss`` (plus the last), unless checkpointing is off."""
+        if self.trainer.checkpoint_callback is None:
+            return []
+        return [
+            ModelCheckpoint(
+                monitor="val/mean_loss",
+                mode="min",
+                save_last=True,
+                filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
+                auto_insert_metric_name=False,
+            )
+        ]
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(_Indices(self.truncations_per_epoch), batch_size=None)
+
+    # ------------------------------------------------------------- evaluation
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(_Indices(self._heldout["val"][0]), batch_size=None)
+
+    def test_dataloader(self) -> DataLoader:
+        return DataLoader(_Indices(self._heldout["test"][0]), batch_size=None)
+
+    def heldout_problems(self, stage: Literal["val", "test"]) -> list[Problem]:
+        """The fixed held-out problems of ``stage`` (drawn once, then cached)."""
+        if stage not in self._problems:
+            count, seed = self._heldout[stage]
+            with torch.inference_mode(False):  # Lightning's test loop runs in inference mode
+                self._problems[stage] = [
+                    self.task.sample(torch.Generator().manual_seed(seed + i), self.device) for i in range(count)
+                ]
+        return self._problems[stage]
+
+    def baseline(self, stage: Literal["val", "test"]) -> TunedBaseline:
+        """Adam on the held-out problems of ``stage``, lr tuned on ``baseline_lrs`` (cached)."""
+        if stage not in self._baselines:
+            self._baselines[stage] = tune_baseline("adam", self.heldout_problems(stage), self.num_steps, self.baseline_lrs)
+        return self._baselines[stage]
+
+    def _evaluation_step(self, stage: Literal["val", "test"], index: int) -> None:
+        curve = evaluate_learned(self.net, self.heldout_problems(stage)[index], self.num_steps)
+        self.curves[stage].update(curve)
+
+    def validation_step(self, batch: int, batch_idx: int) -> None:
+        self._evaluation_step("val", batch)
+
+    def test_step(self, batch: int, batch_idx: int) -> None:
+        self._evaluation_step("test", batch)
+
+    def _evaluation_end(self, stage: Literal["val", "test"]) -> None:
+        curve = self.curves[stage].compute()
+        self.curves[stage].reset()
+        adam = self.baseline(stage)
+        mean_loss, adam_mean = curve.mean().item(), adam.curve.mean().item()
+        self.log_dict(
+            {
+                f"{stage}/mean_loss": mean_loss,
+                f"{stage}/final_loss": curve[-1].item(),
+                f"{stage}/adam_mean_loss": adam_mean,
+                f"{stage}/adam_final_loss": adam.curve[-1].item(),
+                f"{stage}/adam_lr": adam.lr,
+                f"{stage}/mean_loss_ratio_to_adam": mean_loss / adam_mean if adam_mean > 0 else math.nan,
+            },
+            sync_dist=False,  # already reduced by torchmetrics / identical on every rank
+        )
+        if isinstance(self.logger, TensorBoardLogger) and self.global_rank == 0 and not self.trainer.sanity_checking:
+            self._log_curves(stage, curve, adam)
+
+    def _log_curves(self, stage: str, curve: Tensor, adam: TunedBaseline) -> None:
+        """Learned vs tuned Adam over the inner step, as a figure (val) and as step-indexed scalars (test)."""
+        experiment = self.logger.experiment
+        if stage == "test":
+            for step, (ours, theirs) in enumerate(zip(curve.tolist(), adam.curve.tolist()), start=1):
+                experiment.add_scalars("test/loss_vs_inner_step", {"learned": ours, "adam": theirs}, step)
+            return
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        steps = range(1, len(curve) + 1)
+        ax.semilogy(steps, curve.cpu(), label="learned (LSTM)")
+        ax.semilogy(steps, adam.curve.cpu(), label=f"Adam, lr={adam.lr:g} (tuned)")
+        ax.set_xlabel("inner step")
+        ax.set_ylabel("mean optimizee loss")
+        ax.legend()
+        fig.tight_layout()
+        experiment.add_figure(f"{stage}/loss_vs_inner_step", fig, self.global_step)
+        plt.close(fig)
+
+    def on_validation_epoch_end(self) -> None:
+        self._evaluation_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._evaluation_end("test")
+
+    # ------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Record how to rebuild the net, so deployment needs no MetaLearner to read it."""
+        checkpoint["l2l_net"] = {
+            "class_path": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
+            "init_args": self.net.config,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Rebuild the net with the checkpoint's settings before its weights are loaded."""
+        spec = checkpoint.get("l2l_net")
+        if spec is None:
+            raise ConfigError("this checkpoint was not written by l2l_lightning.MetaLearner (no 'l2l_net' entry)")
+        if spec["init_args"] != self.net.config:
+            self.net = CoordinatewiseLSTM(**spec["init_args"]).to(self.device)

@@ -1,0 +1,104 @@
+"""The task API: a task is a *distribution* of optimizees.
+
+One draw (:meth:`Task.sample`) gives a :class:`Problem`: fresh initial parameters
+plus the data the optimizee is trained on.  A problem may hold several independent
+optimizees at once (a batch of quadratics, say); all their coordinates live in one
+flat vector ``theta`` because, for a coordinatewise optimizer, they are all just rows.
+
+The only contract an unroll needs is :meth:`Problem.loss`: the loss of *each*
+optimizee at ``theta`` on step ``step``'s data.  The unroll differentiates the *sum*
+of these losses, so every optimizee receives exactly the gradient it would get if
+it were optimized alone (no hidden ``1/batch`` factor).
+
+Ordinary ``nn.Module`` optimizees are run statelessly through
+:func:`torch.func.functional_call` by :class:`ModuleProblem`, so writing a task for
+your own model is a few lines: build the module, draw its initial parameters and
+say which minibatch step ``t`` sees.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call
+
+
+class Problem(ABC):
+    """One draw from a task: ``num_optimizees`` independent optimizees and their data."""
+
+    #: How many independent optimizees the flat parameter vector holds.
+    num_optimizees: int = 1
+
+    @abstractmethod
+    def initial_params(self) -> Tensor:
+        """The initial flat parameter vector ``theta_0`` (1-D, all optimizees concatenated)."""
+
+    @abstractmethod
+    def loss(self, theta: Tensor, step: int) -> Tensor:
+        """Losses of the optimizees at ``theta`` on step ``step``'s data, shape ``(num_optimizees,)``.
+
+        Must be differentiable in ``theta`` and must not modify it.
+        """
+
+
+class Task(ABC):
+    """A distribution of optimizees; subclass it and implement :meth:`sample`.
+
+    Every draw takes an explicit generator so runs are reproducible from the seed
+    and the configuration alone.
+    """
+
+    @abstractmethod
+    def sample(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Problem:
+        """Draw one problem, its tensors on ``device``, its randomness from ``generator`` only."""
+
+
+def _flat_layout(params: dict[str, Tensor]) -> list[tuple[str, int, int, torch.Size]]:
+    layout, offset = [], 0
+    for name, value in params.items():
+        layout.append((name, offset, offset + value.numel(), value.shape))
+        offset += value.numel()
+    return layout
+
+
+class ModuleProblem(Problem):
+    """A problem whose optimizee is an ordinary ``nn.Module`` (one optimizee).
+
+    Args:
+        module: the architecture; its own parameters and buffers are never touched.
+        params: initial parameters by name (as in ``module.named_parameters()``).
+        batch: ``batch(step)`` gives the data for inner step ``step`` (e.g. a minibatch).
+        loss_fn: ``loss_fn(module_output, batch)`` gives the scalar loss.
+        forward: ``forward(module, params, batch)`` runs the module; the default calls
+            ``functional_call(module, params, (batch[0],))``.
+    """
+
+    num_optimizees = 1
+
+    def __init__(
+        self,
+        module: nn.Module,
+        params: dict[str, Tensor],
+        batch: Callable[[int], Any],
+        loss_fn: Callable[[Any, Any], Tensor],
+    ) -> None:
+        self.module = module
+        self.layout = _flat_layout(params)
+        self._theta0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
+        self.batch = batch
+        self.loss_fn = loss_fn
+
+    def initial_params(self) -> Tensor:
+        return self._theta0.clone()
+
+    def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
+        """Views of the flat vector shaped as the module's parameters (differentiable)."""
+        return {name: theta[start:end].view(shape) for name, start, end, shape in self.layout}
+
+    def loss(self, theta: Tensor, step: int) -> Tensor:
+        batch = self.batch(step)
+        output = functional_call(self.module, self.unflatten(theta), (batch[0],))
+        return self.loss_fn(output, batch).reshape(1)
