@@ -15,7 +15,10 @@ very problems (the hardest fair baseline: it saw the test problems when tuning).
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
+import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
@@ -68,6 +71,24 @@ def loss_weights_for(spec: LossWeights, num_steps: int) -> Tensor:
             "finite non-negative floats"
         )
     return weights
+
+
+def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
+    """``{"class_path", "init_args"}`` of a class or a ``functools.partial`` of one, else ``None``."""
+    keywords = {}
+    if isinstance(factory, functools.partial) and not factory.args:
+        factory, keywords = factory.func, dict(factory.keywords)
+    if not isinstance(factory, type):
+        return None
+    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": keywords}
+
+
+def _check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:
+    if not isinstance(checkpoint, dict) or "l2l_net" not in checkpoint:
+        raise ConfigError(
+            f"{where} is not a checkpoint of l2l_lightning.MetaLearner (it has no 'l2l_net' entry); "
+            "pass a .ckpt written while meta-training with `l2l fit` or MetaLearner"
+        )
 
 
 class _Indices(torch.utils.data.Dataset):
@@ -150,7 +171,7 @@ class MetaLearner(L.LightningModule):
             raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
         if not isinstance(task, Task):
             raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
-        self.save_hyperparameters(ignore=["net"])
+        self._save_hyperparameters_as_data(task, net, meta_optimizer)
         self.task = task
         self.net = net if net is not None else CoordinatewiseLSTM()
         self.num_steps = num_steps
@@ -170,6 +191,25 @@ class MetaLearner(L.LightningModule):
         self._loss_finite = True
         self._nonfinite_in_row = 0
         self._skipped = 0
+
+    def _save_hyperparameters_as_data(
+        self, task: Task, net: Optional[CoordinatewiseLSTM], meta_optimizer: OptimizerCallable
+    ) -> None:
+        """Store every setting as plain data, objects as ``{"class_path", "init_args"}``.
+
+        That keeps checkpoints loadable with ``torch.load(weights_only=True)`` and lets
+        ``MetaLearner.load_from_checkpoint(path)`` rebuild task and net through Lightning's
+        own CLI instantiator, whether the module was made by ``l2l`` or in Python.
+        """
+        self.save_hyperparameters(ignore=["task", "net", "meta_optimizer"], frame=inspect.currentframe().f_back)
+        self.hparams["task"] = task.config
+        self.hparams["net"] = (net or CoordinatewiseLSTM()).spec
+        optimizer_spec = _callable_spec(meta_optimizer)
+        if optimizer_spec is not None:
+            self.hparams["meta_optimizer"] = optimizer_spec
+        elif not isinstance(self.hparams.get("meta_optimizer"), dict):
+            self.hparams.pop("meta_optimizer", None)  # a lambda: the checkpoint falls back to the default
+        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
@@ -340,15 +380,19 @@ class MetaLearner(L.LightningModule):
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the net, so deployment needs no MetaLearner to read it."""
-        checkpoint["l2l_net"] = {
-            "class_path": f"{type(self.net).__module__}.{type(self.net).__qualname__}",
-            "init_args": self.net.config,
-        }
+        checkpoint["l2l_net"] = self.net.spec
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
+        """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
+        if isinstance(checkpoint_path, (str, os.PathLike)):
+            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
+        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
-        spec = checkpoint.get("l2l_net")
-        if spec is None:
-            raise ConfigError("this checkpoint was not written by l2l_lightning.MetaLearner (no 'l2l_net' entry)")
+        _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
+        spec = checkpoint["l2l_net"]
         if spec["init_args"] != self.net.config:
             self.net = CoordinatewiseLSTM(**spec["init_args"]).to(self.device)

@@ -52,29 +52,29 @@ def unroll(
         second_derivatives: also differentiate through the optimizee's gradient
             (``∂∇/∂φ``), which the paper drops; costs a double backward per step.
     """
-    theta = theta.detach().requires_grad_(True)
-    state = state.detach()
-    loss = problem.loss(theta, start_step)
-    losses = []
-    for k in range(steps):
-        (grad,) = torch.autograd.grad(
-            loss.sum(), theta, create_graph=meta_grad and second_derivatives, retain_graph=meta_grad
-        )
-        with torch.set_grad_enabled(meta_grad):
-            update, state = net(grad, state)
-            theta = theta + update
-        if not meta_grad:
-            theta = theta.detach().requires_grad_(True)
-        loss = problem.loss(theta, start_step + k + 1)
-        losses.append(loss if meta_grad else loss.detach())
+    with torch.enable_grad():  # the inner gradient needs autograd even in an evaluation context
+        theta = theta.detach().requires_grad_(True)
+        state = state.detach()
+        loss = problem.loss(theta, start_step)
+        losses = []
+        for k in range(steps):
+            (grad,) = torch.autograd.grad(
+                loss.sum(), theta, create_graph=meta_grad and second_derivatives, retain_graph=meta_grad
+            )
+            with torch.set_grad_enabled(meta_grad):
+                update, state = net(grad, state)
+                theta = theta + update
+            if not meta_grad:
+                theta = theta.detach().requires_grad_(True)
+            loss = problem.loss(theta, start_step + k + 1)
+            losses.append(loss if meta_grad else loss.detach())
     return UnrollResult(torch.stack(losses), theta.detach(), state.detach())
 
 
 def evaluate_learned(net: nn.Module, problem: Problem, num_steps: int) -> Tensor:
     """Loss curve ``(num_steps, num_optimizees)`` of ``net`` optimizing ``problem`` from scratch."""
-    # The inner gradient needs autograd even when the caller (Lightning's test loop) runs under
-    # inference mode; nothing here builds a graph through the net.
-    with torch.inference_mode(False), torch.enable_grad():
+    # Lightning's test loop runs under inference mode, where no autograd at all is possible.
+    with torch.inference_mode(False):
         theta = problem.initial_params().clone()
         state = net.init_state(theta.numel(), device=theta.device)
         return unroll(net, problem, theta, state, 0, num_steps, meta_grad=False).losses

@@ -92,6 +92,11 @@ class CoordinatewiseLSTM(nn.Module):
         self.output = nn.Linear(hidden_size, 1)
 
     @property
+    def spec(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}``: the net's settings as plain data, for checkpoints."""
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.config}
+
+    @property
     def config(self) -> dict[str, Any]:
         """The constructor arguments: enough, with the state dict, to rebuild the net."""
         return {

@@ -18,6 +18,7 @@ say which minibatch step ``t`` sees.
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from typing import Any, Callable
 
@@ -54,6 +55,27 @@ class Task(ABC):
     @abstractmethod
     def sample(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Problem:
         """Draw one problem, its tensors on ``device``, its randomness from ``generator`` only."""
+
+    @property
+    def config(self) -> dict[str, Any]:
+        """``{"class_path", "init_args"}``: how to rebuild this task, as plain data.
+
+        Checkpoints store this instead of a pickled task (which would drag data along and
+        break ``torch.load(weights_only=True)``).  Like scikit-learn's ``get_params``, it
+        reads each ``__init__`` argument from the attribute of the same name: store them so,
+        or override this property.
+        """
+        init_args = {}
+        for name, param in inspect.signature(type(self).__init__).parameters.items():
+            if name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if not hasattr(self, name):
+                raise AttributeError(
+                    f"{type(self).__name__} does not store its __init__ argument {name!r} as self.{name}; "
+                    "store it, or override Task.config"
+                )
+            init_args[name] = getattr(self, name)
+        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
 
 
 def _flat_layout(params: dict[str, Tensor]) -> list[tuple[str, int, int, torch.Size]]:

@@ -1,0 +1,43 @@
+"""Shared fixtures: tiny problems and trainers that run in well under a second."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+
+from l2l_lightning import CoordinatewiseLSTM, MetaLearner, QuadraticTask
+
+
+def tiny_learner(**overrides) -> MetaLearner:
+    kwargs = dict(
+        task=QuadraticTask(dim=3, num_problems=4),
+        net=CoordinatewiseLSTM(hidden_size=4, preprocess="none"),
+        num_steps=4,
+        unroll=2,
+        truncations_per_epoch=4,
+        baseline_lrs=(0.01, 0.1),
+    )
+    kwargs.update(overrides)
+    return MetaLearner(**kwargs)
+
+
+def tiny_trainer(tmp_path, **overrides) -> L.Trainer:
+    kwargs = dict(
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+        devices=1,
+        max_steps=6,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+    kwargs.update(overrides)
+    return L.Trainer(**kwargs)
+
+
+@pytest.fixture(autouse=True)
+def _fixed_seed():
+    torch.manual_seed(0)
