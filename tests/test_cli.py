@@ -1,0 +1,121 @@
+"""The `l2l` command as a user runs it: configs, errors, end-to-end meta-training, DDP."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from l2l_lightning.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "quadratic.yaml")
+FAST = [
+    "--trainer.max_steps", "3",
+    "--trainer.enable_progress_bar", "false",
+    "--model.num_steps", "4",
+    "--model.unroll", "2",
+    "--model.truncations_per_epoch", "3",
+    "--model.baseline_lrs", "[0.01, 0.1]",
+]  # fmt: skip
+
+
+def run_cli(args, tmp_path):
+    return main(["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST, *args])
+
+
+def test_print_config_documents_every_setting(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", CONFIG, "--print_config"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for key in ("num_steps: 100", "unroll: 20", "preprocess: none", "second_derivatives: false", "lr: 0.001"):
+        assert key in out
+
+
+def test_fit_runs_meta_steps_then_tests_the_best_checkpoint(tmp_path, capsys):
+    run_cli([], tmp_path)
+    checkpoints = list(tmp_path.glob("quadratic/version_*/checkpoints/*.ckpt"))
+    assert any(c.name.startswith("best-") for c in checkpoints) and any(c.name == "last.ckpt" for c in checkpoints)
+    out = capsys.readouterr().out
+    assert "test/mean_loss" in out and "test/adam_mean_loss" in out
+    best = next(c for c in checkpoints if c.name.startswith("best-"))
+    checkpoint = torch.load(best, weights_only=True)  # plain data only: safe to load
+    assert checkpoint["global_step"] == 3 and checkpoint["l2l_net"]["init_args"]["preprocess"] == "none"
+    assert list(tmp_path.glob("quadratic/version_*/events.out.tfevents.*"))
+
+
+def test_unknown_config_key_is_named(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--model.num_stepz", "5"], tmp_path)
+    assert exit_info.value.code != 0
+    assert "num_stepz" in capsys.readouterr().err
+
+
+def test_unknown_preprocessing_lists_the_allowed_values(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(["--model.net.init_args.preprocess", "logsign"], tmp_path)
+    assert exit_info.value.code != 0
+    err = capsys.readouterr().err
+    assert "logsign" in err and "log_sign" in err and "clamped" in err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--model.num_steps", "5"], "num_steps=5 is not a multiple of unroll=2"),
+        (["--model.task.init_args.dim", "0"], "dim=0 must be a positive integer"),
+    ],
+)
+def test_bad_values_get_a_one_line_error(tmp_path, capsys, args, message):
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(args, tmp_path)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2l: error: ") and message in err and "Traceback" not in err
+
+
+DDP_SCRIPT = """
+import sys, torch, lightning as L
+from l2l_lightning import MetaLearner, QuadraticTask, CoordinatewiseLSTM
+
+class Record(L.Callback):
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
+        if batch_idx == 0:
+            self.first_W = module._carry.problem.W.clone()
+
+    def on_train_end(self, trainer, module):
+        torch.save({"W": self.first_W, "net": module.net.state_dict()}, f"{sys.argv[1]}/rank{trainer.global_rank}.pt")
+
+L.seed_everything(0)
+learner = MetaLearner(QuadraticTask(dim=3, num_problems=4), CoordinatewiseLSTM(hidden_size=4, preprocess="none"),
+                      num_steps=4, unroll=2, truncations_per_epoch=8, baseline_lrs=[0.1])
+trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=3, logger=False,
+                    enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                    num_sanity_val_steps=0, callbacks=[Record()])
+trainer.fit(learner)
+"""
+
+
+@pytest.mark.slow
+def test_ddp_with_two_cpu_processes_draws_different_problems_and_keeps_weights_in_sync(tmp_path):
+    script = tmp_path / "ddp_fit.py"
+    script.write_text(DDP_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rank0, rank1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert not torch.equal(rank0["W"], rank1["W"])  # each rank draws its own problems
+    for key in rank0["net"]:
+        assert torch.equal(rank0["net"][key], rank1["net"][key]), key  # DDP keeps the meta-weights identical
+
+
+@pytest.mark.slow
+def test_ddp_from_the_command_line(tmp_path):
+    args = ["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+            "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]  # fmt: skip
+    proc = subprocess.run(["l2l", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "test/mean_loss" in proc.stdout
