@@ -171,9 +171,9 @@ class MetaLearner(L.LightningModule):
             raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
         if not isinstance(task, Task):
             raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
-        self._save_hyperparameters_as_data(task, net, meta_optimizer)
         self.task = task
         self.net = net if net is not None else CoordinatewiseLSTM()
+        self._save_hyperparameters_as_data(meta_optimizer)
         self.num_steps = num_steps
         self.unroll = unroll
         self.second_derivatives = second_derivatives
@@ -192,9 +192,7 @@ class MetaLearner(L.LightningModule):
         self._nonfinite_in_row = 0
         self._skipped = 0
 
-    def _save_hyperparameters_as_data(
-        self, task: Task, net: Optional[CoordinatewiseLSTM], meta_optimizer: OptimizerCallable
-    ) -> None:
+    def _save_hyperparameters_as_data(self, meta_optimizer: OptimizerCallable) -> None:
         """Store every setting as plain data, objects as ``{"class_path", "init_args"}``.
 
         That keeps checkpoints loadable with ``torch.load(weights_only=True)`` and lets
@@ -202,8 +200,8 @@ class MetaLearner(L.LightningModule):
         own CLI instantiator, whether the module was made by ``l2l`` or in Python.
         """
         self.save_hyperparameters(ignore=["task", "net", "meta_optimizer"], frame=inspect.currentframe().f_back)
-        self.hparams["task"] = task.config
-        self.hparams["net"] = (net or CoordinatewiseLSTM()).spec
+        self.hparams["task"] = self.task.config
+        self.hparams["net"] = self.net.spec
         optimizer_spec = _callable_spec(meta_optimizer)
         if optimizer_spec is not None:
             self.hparams["meta_optimizer"] = optimizer_spec
@@ -252,9 +250,8 @@ class MetaLearner(L.LightningModule):
         (weights, moments and step counts stay as they were).  Gradients are already
         all-reduced under DDP and the loss flag is agreed on, so all ranks decide alike.
         """
-        finite = self._loss_finite and all(
-            bool(torch.isfinite(p.grad).all()) for p in self.net.parameters() if p.grad is not None
-        )
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        finite = self._loss_finite and (not grads or bool(torch.stack([g.isfinite().all() for g in grads]).all()))
         finite = self.trainer.strategy.reduce_boolean_decision(finite, all=True)
         if finite:
             self._nonfinite_in_row = 0
