@@ -12,7 +12,7 @@ from typing import Any, Optional
 
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from l2l_lightning.errors import L2LError
+from l2l_lightning.errors import ConfigError, L2LError
 from l2l_lightning.meta.module import MetaLearner
 
 
@@ -31,6 +31,15 @@ class L2LCLI(LightningCLI):
             default=True,
             help="After fit, evaluate the best checkpoint on the held-out test problems.",
         )
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config.get(self.subcommand, self.config)
+        if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
+            # LightningCLI would silently ignore it: the scheduler needs the optimizer it schedules.
+            raise ConfigError(
+                "--lr_scheduler is only applied together with --optimizer; to schedule the meta-optimizer, "
+                "also give --optimizer (e.g. --optimizer torch.optim.Adam --optimizer.lr 0.001)"
+            )
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:

@@ -77,6 +77,20 @@ def test_bad_values_get_a_one_line_error(tmp_path, capsys, args, message):
     assert err.startswith("l2l: error: ") and message in err and "Traceback" not in err
 
 
+def test_a_scheduler_without_its_optimizer_is_refused_not_ignored(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        run_cli(["--lr_scheduler", "torch.optim.lr_scheduler.ConstantLR"], tmp_path)
+    assert "only applied together with --optimizer" in capsys.readouterr().err
+
+
+def test_top_level_optimizer_and_scheduler_are_applied(tmp_path):
+    run_cli(["--optimizer", "torch.optim.SGD", "--optimizer.lr", "0.5",
+             "--lr_scheduler", "torch.optim.lr_scheduler.StepLR", "--lr_scheduler.step_size", "1"], tmp_path)  # fmt: skip
+    checkpoint = torch.load(next(tmp_path.glob("quadratic/version_*/checkpoints/last.ckpt")), weights_only=True)
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["momentum"] == 0  # SGD, not Adam
+    assert checkpoint["lr_schedulers"][0]["step_size"] == 1
+
+
 DDP_SCRIPT = """
 import sys, torch, lightning as L
 from l2l_lightning import MetaLearner, QuadraticTask, CoordinatewiseLSTM
