@@ -32,6 +32,15 @@ class L2LCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint on the held-out test problems.",
         )
 
+    def _parse_ckpt_path(self) -> None:
+        """Let the command line, not the checkpoint, decide the task and the evaluation.
+
+        LightningCLI would overwrite the parsed config with the checkpoint's hyper-parameters,
+        so ``l2l test --ckpt_path X --model.test_problems 8`` or ``--model.num_steps 200`` would
+        silently evaluate the training settings.  The checkpoint still decides the net: its
+        architecture and weights are restored by ``MetaLearner.on_load_checkpoint``.
+        """
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         if config.get("lr_scheduler") is not None and config.get("optimizer") is None:

@@ -16,3 +16,11 @@ class ConfigError(L2LError, ValueError):
 
 class NonFiniteMetaLossError(L2LError, RuntimeError):
     """Meta-training produced too many non-finite meta-losses or meta-gradients in a row."""
+
+
+class CheckpointError(L2LError, ValueError):
+    """A file, checkpoint or state dict is not what was expected; the message says what was expected."""
+
+
+class UnsupportedGradientError(L2LError, TypeError):
+    """An optimizer met a gradient it cannot handle (sparse or complex)."""

@@ -31,7 +31,7 @@ def test_print_config_documents_every_setting(capsys):
         main(["fit", "--config", CONFIG, "--print_config"])
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
-    for key in ("num_steps: 100", "unroll: 20", "preprocess: none", "second_derivatives: false", "lr: 0.001"):
+    for key in ("num_steps: 100", "unroll: 20", "preprocess: none", "second_derivatives: true", "lr: 0.003"):
         assert key in out
 
 
@@ -133,3 +133,13 @@ def test_ddp_from_the_command_line(tmp_path):
     proc = subprocess.run(["l2l", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/mean_loss" in proc.stdout
+
+
+def test_same_seed_same_weights_from_the_command_line(tmp_path):
+    weights = []
+    for run in ("a", "b"):
+        run_cli(["--test_after_fit", "false"], tmp_path / run)
+        checkpoint = torch.load(next((tmp_path / run).glob("quadratic/version_*/checkpoints/last.ckpt")), weights_only=True)
+        weights.append(checkpoint["state_dict"])
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -1,0 +1,104 @@
+"""``LearnedOptimizerCallback``: train an existing LightningModule with a learned optimizer.
+
+Mechanism: in ``setup("fit")``, which Lightning runs before the strategy creates the
+optimizers, the callback wraps the module's ``configure_optimizers`` (on the instance
+only; ``teardown`` restores it).  The wrapper calls the module's own method, keeps its
+parameter groups (the same parameters, in the same groups, so frozen layers stay out)
+and returns a :class:`~l2l_lightning.LearnedOptimizer` over them instead.  Because the
+strategy itself builds the optimizer, this works for every strategy that calls
+``configure_optimizers`` (single device, DDP, ...), and resuming from a checkpoint
+loads the saved learned-optimizer state into it as usual (the restore runs after setup).
+
+Learning-rate schedulers returned by ``configure_optimizers`` are **dropped with a
+warning**: they are bound to the replaced optimizer and their learning rates are that
+optimizer's (an Adam lr of 1e-3 means nothing as a multiplier of a learned update).
+To schedule the learned optimizer's ``lr``, return a ``LearnedOptimizer`` and your
+scheduler from ``configure_optimizers`` yourself.
+
+The module must still define ``configure_optimizers`` (Lightning checks that before any
+callback runs); what it returns is only used for its parameter groups.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Optional, Union
+
+import lightning as L
+import torch
+from lightning.pytorch.core.optimizer import _configure_optimizers
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+
+from l2l_lightning.optim.learned import LearnedOptimizer, _check_lr, _state_dtype_name
+from l2l_lightning.optim.pretrained import load_net
+
+_MISSING = object()
+
+
+class LearnedOptimizerCallback(L.Callback):
+    """Replace the optimizer(s) of any LightningModule by :class:`~l2l_lightning.LearnedOptimizer`.
+
+    Args:
+        checkpoint: the trained net, as for :class:`~l2l_lightning.LearnedOptimizer` (a name,
+            a path or a net); loaded once, here, so a wrong name fails before training starts.
+        lr: the learned optimizer's update multiplier, for every parameter group.
+        state_dtype: the LSTM state dtype (``"float32"`` or ``"bfloat16"``).
+
+    Example::
+
+        trainer = L.Trainer(callbacks=[LearnedOptimizerCallback("quadratic")])
+        trainer.fit(model)  # model.configure_optimizers() may return Adam; LearnedOptimizer is used
+    """
+
+    def __init__(
+        self,
+        checkpoint: Union[str, "os.PathLike[str]", nn.Module],
+        lr: float = 1.0,
+        state_dtype: Union[str, torch.dtype] = "float32",
+    ) -> None:
+        _check_lr(lr)
+        self.net = load_net(checkpoint)
+        self.lr = lr
+        self.state_dtype = _state_dtype_name(state_dtype)
+        self._patched: Optional[tuple[L.LightningModule, Any]] = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage != "fit" or self._patched is not None:
+            return
+        original = pl_module.configure_optimizers
+        self._patched = (pl_module, pl_module.__dict__.get("configure_optimizers", _MISSING))
+
+        def configure_optimizers() -> Any:
+            return self._replace(original(), pl_module)
+
+        pl_module.configure_optimizers = configure_optimizers  # type: ignore[method-assign]
+
+    def teardown(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if self._patched is None:
+            return
+        module, previous = self._patched
+        if previous is _MISSING:
+            module.__dict__.pop("configure_optimizers", None)
+        else:
+            module.configure_optimizers = previous  # type: ignore[method-assign]
+        self._patched = None
+
+    def _replace(self, optim_conf: Any, pl_module: L.LightningModule) -> Any:
+        if optim_conf is None:
+            groups_per_optimizer = [[{"params": [p for p in pl_module.parameters() if p.requires_grad]}]]
+            schedulers: list = []
+        else:
+            optimizers, schedulers, _ = _configure_optimizers(optim_conf)
+            groups_per_optimizer = [[{"params": list(g["params"])} for g in opt.param_groups] for opt in optimizers]
+        if schedulers:
+            rank_zero_warn(
+                f"LearnedOptimizerCallback: dropped {len(schedulers)} learning-rate scheduler(s) returned by "
+                "configure_optimizers: they belong to the replaced optimizer. To schedule the learned "
+                "optimizer's lr, return LearnedOptimizer(...) and a scheduler from configure_optimizers yourself."
+            )
+        learned = [
+            LearnedOptimizer(groups, checkpoint=self.net, lr=self.lr, state_dtype=self.state_dtype)
+            for groups in groups_per_optimizer
+        ]
+        return learned[0] if len(learned) == 1 else learned

@@ -1,0 +1,377 @@
+"""Trained optimizers as files: export, find by name, load.
+
+A trained optimizer is a small net (a :class:`~l2l_lightning.nets.CoordinatewiseLSTM`
+of a few thousand weights).  Deployment should not need the meta-training module,
+its task or Lightning's pickled hyperparameters, so :func:`export` turns a
+``MetaLearner`` checkpoint into a self-contained *exported file*::
+
+    {
+        "format": "l2l_lightning.learned_optimizer", "format_version": 1,
+        "class_path": "l2l_lightning.nets.lstm.CoordinatewiseLSTM",   # how to rebuild the net
+        "init_args": {...},                                           # its constructor arguments
+        "state_dict": {...},                                          # its weights (tensors)
+        "metadata": {...},   # task, steps trained, validation figures, versions, fingerprint
+    }
+
+Only tensors, dicts, lists, strings, numbers, booleans and ``None``: it loads with
+``torch.load(..., weights_only=True)``, i.e. without running pickled code.
+
+Shipped optimizers live *inside the package* (``l2l_lightning/pretrained/<name>.pt``,
+declared as package data) so names resolve the same from a checkout, an editable
+install and a wheel.  :func:`load_net` accepts a name, a path to an exported file, a
+path to a Lightning checkpoint of ``MetaLearner`` or a net instance.
+
+Lightning checkpoints usually hold pickled objects (the task, the meta-optimizer
+factory), which ``weights_only=True`` refuses.  They are then unpickled in full *only*
+if the file name ends in ``.ckpt`` (Lightning's own suffix), on the reasoning that a
+``.ckpt`` you pass is one you produced; load checkpoints only from sources you trust,
+or export them first.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from l2l_lightning.errors import CheckpointError
+
+#: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
+PRETRAINED_DIR: Path = Path(__file__).resolve().parent.parent / "pretrained"
+FORMAT = "l2l_lightning.learned_optimizer"
+FORMAT_VERSION = 1
+SUFFIX = ".pt"
+_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
+
+NetSpec = Union[str, "os.PathLike[str]", nn.Module]
+
+
+# --------------------------------------------------------------------------- names
+def is_name(spec: Union[str, "os.PathLike[str]"]) -> bool:
+    """Whether ``spec`` is a pretrained *name* (``"quadratic"``) rather than a path.
+
+    Names are plain identifiers (letters, digits, ``_``, ``-``): no directory part and
+    no suffix, so ``"quadratic"`` is a name and ``"./quadratic.pt"`` a path.
+    """
+    return isinstance(spec, str) and bool(_NAME.match(spec))
+
+
+def available() -> list[str]:
+    """Names of the shipped trained optimizers (files ``l2l_lightning/pretrained/<name>.pt``)."""
+    if not PRETRAINED_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in PRETRAINED_DIR.glob(f"*{SUFFIX}") if is_name(p.stem))
+
+
+def path_of(name: str) -> Path:
+    """The file of the shipped optimizer ``name``; :class:`CheckpointError` listing the names if none."""
+    path = PRETRAINED_DIR / f"{name}{SUFFIX}"
+    if not path.is_file():
+        names = available()
+        listing = ", ".join(repr(n) for n in names) if names else "none are installed yet"
+        raise CheckpointError(
+            f"unknown pretrained optimizer {name!r}; available: {listing} (in {PRETRAINED_DIR}). "
+            "Pass a path to an exported file or to a MetaLearner .ckpt, or export one with "
+            "`python -m l2l_lightning.optim.export CKPT NAME`."
+        )
+    return path
+
+
+# --------------------------------------------------------------------------- nets
+def net_spec(net: nn.Module) -> dict[str, Any]:
+    """``{"class_path", "init_args"}``: how to rebuild ``net`` (its weights aside)."""
+    config = getattr(net, "config", None)
+    if not isinstance(config, Mapping):
+        raise CheckpointError(
+            f"{type(net).__name__} has no `config` dict of constructor arguments; a learned optimizer net "
+            "must expose one (see l2l_lightning.CoordinatewiseLSTM.config)"
+        )
+    return {"class_path": f"{type(net).__module__}.{type(net).__qualname__}", "init_args": dict(config)}
+
+
+def fingerprint(net: nn.Module) -> str:
+    """A short hash of the net's class, settings and exact weights.
+
+    Stored in exported files and optimizer state dicts, so that LSTM states are never
+    silently continued by a *different* net that merely has the same shapes.
+    """
+    digest = hashlib.sha256(json.dumps(net_spec(net), sort_keys=True, default=str).encode())
+    for key, value in sorted(net.state_dict().items()):
+        tensor = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _import_class(class_path: str) -> type:
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"cannot import the net class {class_path!r}: {error}") from error
+    return obj
+
+
+def build_net(
+    class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
+) -> nn.Module:
+    """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
+    cls = _import_class(class_path)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise CheckpointError(f"{source}: class_path {class_path!r} is not an nn.Module subclass")
+    try:
+        net = cls(**init_args)
+        net.load_state_dict(dict(state_dict), strict=True)
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise CheckpointError(
+            f"{source}: cannot rebuild {class_path} from its settings and weights: {error}"
+        ) from error
+    return net.eval().requires_grad_(False)
+
+
+# --------------------------------------------------------------------------- files
+def _torch_load(path: Path) -> Any:
+    """``weights_only=True``; full unpickling only for a ``.ckpt`` (see the module docstring)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as safe_error:  # noqa: BLE001 - torch raises several types here
+        if path.suffix != ".ckpt":
+            raise CheckpointError(
+                f"{path} is not a learned optimizer: it cannot be read with torch.load(weights_only=True) "
+                f"({type(safe_error).__name__}: {str(safe_error).splitlines()[0] if str(safe_error) else ''}). "
+                "Expected a file written by `l2l_lightning.optim.export` (or a MetaLearner checkpoint *.ckpt)."
+            ) from safe_error
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as error:  # noqa: BLE001
+            raise CheckpointError(f"{path} cannot be loaded as a Lightning checkpoint: {error}") from error
+
+
+def _is_lightning_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, dict) and "state_dict" in obj and (
+        "pytorch-lightning_version" in obj or "global_step" in obj or "l2l_net" in obj
+    )
+
+
+def _net_from_lightning(obj: dict[str, Any], source: str) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
+    spec = obj.get("l2l_net")
+    if not isinstance(spec, Mapping) or "class_path" not in spec or "init_args" not in spec:
+        hparams = obj.get("hyper_parameters")
+        kind = hparams.get("_class_path") if isinstance(hparams, dict) else None
+        raise CheckpointError(
+            f"{source} is a Lightning checkpoint{f' of {kind}' if kind else ''} but not of l2l_lightning.MetaLearner "
+            "(it has no 'l2l_net' entry); expected a MetaLearner checkpoint or an exported learned optimizer"
+        )
+    weights = {k[len("net.") :]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+    if not weights:
+        raise CheckpointError(f"{source}: the checkpoint's state_dict has no 'net.*' weights")
+    return spec["class_path"], dict(spec["init_args"]), weights
+
+
+def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
+    """Read an exported file or a ``MetaLearner`` checkpoint as an exported-file dict.
+
+    For a Lightning checkpoint the ``metadata`` is extracted as :func:`export` would.
+    """
+    path = Path(path)
+    source = str(path)
+    if not path.is_file():
+        raise CheckpointError(f"no such file: {path}")
+    obj = _torch_load(path)
+    if isinstance(obj, dict) and obj.get("format") == FORMAT:
+        version = obj.get("format_version")
+        if not isinstance(version, int) or version > FORMAT_VERSION:
+            raise CheckpointError(
+                f"{source} has format_version {version!r}; this l2l_lightning reads up to {FORMAT_VERSION}: upgrade it"
+            )
+        missing = [k for k in ("class_path", "init_args", "state_dict") if k not in obj]
+        if missing:
+            raise CheckpointError(f"{source} is an exported learned optimizer but lacks {missing}")
+        return obj
+    if _is_lightning_checkpoint(obj):
+        class_path, init_args, weights = _net_from_lightning(obj, source)
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "class_path": class_path,
+            "init_args": init_args,
+            "state_dict": weights,
+            "metadata": _metadata_from_lightning(obj, path),
+        }
+    keys = sorted(map(str, obj.keys()))[:8] if isinstance(obj, dict) else None
+    raise CheckpointError(
+        f"{source} is not a learned optimizer: expected a file written by `l2l_lightning.optim.export` "
+        f"(format {FORMAT!r}) or a Lightning checkpoint of l2l_lightning.MetaLearner; found "
+        + (f"a dict with keys {keys}" if keys is not None else f"a {type(obj).__name__}")
+    )
+
+
+def load_net(spec: NetSpec) -> nn.Module:
+    """Resolve ``spec`` to a learned-optimizer net in eval mode with frozen weights.
+
+    Args:
+        spec: a shipped name (``"quadratic"``, see :func:`available`), a path to an exported
+            file, a path to a ``MetaLearner`` Lightning checkpoint (``*.ckpt``), or an
+            ``nn.Module`` (returned as it is: callers that must not share it copy it).
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    if not isinstance(spec, (str, os.PathLike)):
+        raise CheckpointError(
+            f"checkpoint={spec!r}: expected a pretrained name, a path or a net (nn.Module), got {type(spec).__name__}"
+        )
+    path = path_of(spec) if is_name(spec) and not Path(spec).is_file() else Path(spec)
+    record = read(path)
+    return build_net(record["class_path"], record["init_args"], record["state_dict"], str(path))
+
+
+def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
+    """The ``metadata`` of a trained optimizer (name or path), e.g. its task and validation figures."""
+    path = path_of(spec) if is_name(spec) and not Path(spec).is_file() else Path(spec)
+    record = read(path)
+    return {"class_path": record["class_path"], "init_args": record["init_args"], **record.get("metadata", {})}
+
+
+# --------------------------------------------------------------------------- export
+def plain(value: Any, depth: int = 0) -> Any:
+    """``value`` as str/number/bool/None/list/dict only, so the file loads with ``weights_only=True``.
+
+    Objects become ``{"class_path", "init_args"}`` from their public attributes (which is
+    how LightningCLI writes them too); anything deeper or stranger becomes its ``repr``.
+    """
+    # exact builtin types: subclasses (torch.__version__ is a TorchVersion, numpy.float64 a float)
+    # would be pickled by class and refused by weights_only=True
+    if value is None:
+        return None
+    for kind in (bool, int, float, str):
+        if isinstance(value, kind):
+            return kind(value)
+    if type(value).__module__ == "numpy" and hasattr(value, "item"):
+        return plain(value.item(), depth + 1)
+    if isinstance(value, Tensor):
+        return value.item() if value.numel() == 1 else (value.tolist() if value.numel() <= 64 else repr(value))
+    if isinstance(value, (os.PathLike, torch.dtype, torch.device)):
+        return str(value)
+    if depth >= 6:
+        return repr(value)
+    if isinstance(value, Mapping):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [plain(v, depth + 1) for v in value]
+    cls = type(value)
+    attrs = getattr(value, "__dict__", None)
+    if isinstance(attrs, dict) and not callable(value):
+        return {
+            "class_path": f"{cls.__module__}.{cls.__qualname__}",
+            "init_args": {k: plain(v, depth + 1) for k, v in attrs.items() if not k.startswith("_")},
+        }
+    return repr(value)
+
+
+def _versions(checkpoint: Mapping[str, Any]) -> dict[str, Optional[str]]:
+    import lightning
+
+    from l2l_lightning import __version__
+
+    return plain(
+        {
+            "torch": torch.__version__,
+            "lightning": lightning.__version__,
+            "l2l_lightning": __version__,
+            "lightning_at_training": checkpoint.get("pytorch-lightning_version"),
+        }
+    )
+
+
+def _validation_figures(checkpoint: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """``ModelCheckpoint`` states (monitor, best and current score) found in the checkpoint."""
+    figures = []
+    for key, state in (checkpoint.get("callbacks") or {}).items():
+        if isinstance(key, str) and key.startswith("ModelCheckpoint") and isinstance(state, Mapping):
+            if state.get("monitor") is None:
+                continue
+            figures.append(
+                {
+                    "monitor": state.get("monitor"),
+                    "best_score": plain(state.get("best_model_score")),
+                    "current_score": plain(state.get("current_score")),
+                    "best_model_path": os.path.basename(str(state.get("best_model_path") or "")) or None,
+                }
+            )
+    return figures
+
+
+def _metadata_from_lightning(checkpoint: Mapping[str, Any], path: Path) -> dict[str, Any]:
+    hparams = checkpoint.get("hyper_parameters") or {}
+    return {
+        "task": plain(hparams.get("task")) if isinstance(hparams, Mapping) else None,
+        "hyper_parameters": plain(hparams),
+        "global_step": plain(checkpoint.get("global_step")),
+        "epoch": plain(checkpoint.get("epoch")),
+        "validation": _validation_figures(checkpoint),
+        "versions": _versions(checkpoint),
+        "source": path.name,
+    }
+
+
+def export(
+    ckpt_path: Union[str, "os.PathLike[str]"],
+    out_path: Union[str, "os.PathLike[str]"],
+    *,
+    overwrite: bool = False,
+    **metadata: Any,
+) -> Path:
+    """Write the trained net of a ``MetaLearner`` checkpoint to a small exported file.
+
+    Args:
+        ckpt_path: a Lightning checkpoint of :class:`~l2l_lightning.MetaLearner`.
+        out_path: the file to write; use ``PRETRAINED_DIR / f"{name}.pt"`` to ship it as ``name``.
+        overwrite: replace an existing file (off by default: shipped files are precious).
+        **metadata: extra entries for the file's ``metadata`` (e.g. ``description="..."``);
+            they must reduce to plain values (see :func:`plain`).
+
+    Returns:
+        The written path.  The file is re-read with ``weights_only=True`` and the net
+        rebuilt before this returns, so a file that exists is a file that loads.
+    """
+    ckpt_path, out_path = Path(ckpt_path), Path(out_path)
+    if out_path.exists() and not overwrite:
+        raise CheckpointError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
+    record = read(ckpt_path)  # an exported file may be re-exported: its metadata is kept, then extended
+    net = build_net(record["class_path"], record["init_args"], record["state_dict"], str(ckpt_path))
+    meta = dict(record.get("metadata", {}))
+    meta.update({k: plain(v) for k, v in metadata.items()})
+    meta = plain(meta)  # metadata of an older export, or of a Lightning checkpoint, made plain once more
+    meta["fingerprint"] = fingerprint(net)
+    meta["exported_at"] = _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+    out = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "class_path": record["class_path"],
+        "init_args": plain(record["init_args"]),
+        "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()},
+        "metadata": meta,
+    }
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_path.with_name(f".{out_path.name}.tmp")
+    torch.save(out, tmp)
+    try:
+        check = read(tmp)
+        rebuilt = build_net(check["class_path"], check["init_args"], check["state_dict"], str(out_path))
+        if fingerprint(rebuilt) != meta["fingerprint"]:
+            raise CheckpointError(f"{out_path}: the written net does not reproduce the checkpoint's net")
+        os.replace(tmp, out_path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return out_path

@@ -1,0 +1,61 @@
+"""Run by ``test_ddp.py``: train the example MLP with LearnedOptimizer under DDP (2 CPU processes).
+
+``python tests/optim/ddp_worker.py OUT_DIR``; Lightning relaunches this script for rank 1.
+Each rank writes ``OUT_DIR/rank{r}.pt`` with its parameters and optimizer state, so the
+test can check that every rank ends with identical parameters and LSTM states.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from l2l_lightning import CoordinatewiseLSTM
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def main(out_dir: Path) -> None:
+    torch.set_num_threads(1)
+    spec = importlib.util.spec_from_file_location("example", REPO / "examples" / "mlp_with_learned_optimizer.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+
+    torch.manual_seed(1234)
+    net = CoordinatewiseLSTM(hidden_size=8, preprocess="log_sign", output_scale=0.01)
+    L.seed_everything(0, verbose=False)
+    model, callbacks = example.build("callback", net, shuffle=True)  # ranks see different batches
+    initial = [p.detach().clone() for p in model.parameters()]
+    trainer = L.Trainer(
+        accelerator="cpu",
+        devices=2,
+        strategy="ddp",
+        max_epochs=2,
+        callbacks=callbacks,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model)
+    optimizer = trainer.optimizers[0]
+    torch.save(
+        {
+            "world_size": trainer.world_size,
+            "optimizer": type(optimizer).__name__,
+            "initial": initial,
+            "params": [p.detach().clone() for p in model.parameters()],
+            "lstm": [optimizer.state[p]["lstm"].clone() for p in model.parameters()],
+            "step": [optimizer.state[p]["step"] for p in model.parameters()],
+            "global_step": trainer.global_step,
+        },
+        out_dir / f"rank{trainer.global_rank}.pt",
+    )
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
