@@ -118,7 +118,8 @@ class MetaLearner(L.LightningModule):
         meta_optimizer: the optimizer of φ (paper: Adam, lr 1e-3), e.g.
             ``--model.meta_optimizer.lr 3e-3`` on the command line.
         truncations_per_epoch: meta-updates per Lightning epoch (validation runs per epoch by default).
-        val_problems, test_problems: held-out draws from ``task`` used by validation / test.
+        val_problems, test_problems: held-out draws from ``task`` used by validation / test (on the
+            task's ``"val"`` / ``"test"`` data split; training draws use ``"train"``).
         val_seed, test_seed: seeds of those draws (draw ``i`` uses ``seed + i``); training
             draws from a generator seeded by the global seed, rank and step, never these.
         baseline_lrs: the grid on which Adam's learning rate is tuned for the comparison.
@@ -219,7 +220,7 @@ class MetaLearner(L.LightningModule):
     def _next_carry(self) -> _Carry:
         carry = self._carry
         if carry is None or carry.step >= self.num_steps:
-            problem = self.task.sample(self._generator, self.device)
+            problem = self.task.sample(self._generator, self.device, split="train")
             theta = problem.initial_params()
             carry = _Carry(problem, theta, self.net.init_state(theta.numel(), device=self.device), 0)
         return carry
@@ -306,7 +307,8 @@ class MetaLearner(L.LightningModule):
             count, seed = self._heldout[stage]
             with torch.inference_mode(False):  # Lightning's test loop runs in inference mode
                 self._problems[stage] = [
-                    self.task.sample(torch.Generator().manual_seed(seed + i), self.device) for i in range(count)
+                    self.task.sample(torch.Generator().manual_seed(seed + i), self.device, split=stage)
+                    for i in range(count)
                 ]
         return self._problems[stage]
 

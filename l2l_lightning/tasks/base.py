@@ -20,11 +20,17 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+
+
+#: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test
+#: and ``l2l compare`` ``"test"``.  Tasks without a dataset (quadratics) ignore it: their
+#: held-out problems differ from the training ones by seed alone.
+Split = Literal["train", "val", "test"]
 
 
 class Problem(ABC):
@@ -53,8 +59,8 @@ class Task(ABC):
     """
 
     @abstractmethod
-    def sample(self, generator: torch.Generator, device: torch.device | str = "cpu") -> Problem:
-        """Draw one problem, its tensors on ``device``, its randomness from ``generator`` only."""
+    def sample(self, generator: torch.Generator, device: torch.device | str = "cpu", split: Split = "train") -> Problem:
+        """Draw one problem on ``split``'s data, tensors on ``device``, randomness from ``generator`` only."""
 
     @property
     def config(self) -> dict[str, Any]:

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.tasks.base import Problem, Task
+from l2l_lightning.tasks.base import Problem, Split, Task
 
 
 class QuadraticProblem(Problem):
@@ -57,7 +57,9 @@ class QuadraticTask(Task):
         self.distribution = distribution
         self.init_std = float(init_std)
 
-    def sample(self, generator: torch.Generator, device: torch.device | str = "cpu") -> QuadraticProblem:
+    def sample(
+        self, generator: torch.Generator, device: torch.device | str = "cpu", split: Split = "train"
+    ) -> QuadraticProblem:
         draw = torch.randn if self.distribution == "normal" else torch.rand
         W = draw(self.num_problems, self.dim, self.dim, generator=generator)
         y = draw(self.num_problems, self.dim, generator=generator)

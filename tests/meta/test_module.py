@@ -63,8 +63,8 @@ class PoisonedTask(QuadraticTask):
 
     poisoned = False
 
-    def sample(self, generator, device="cpu"):
-        problem = super().sample(generator, device)
+    def sample(self, generator, device="cpu", split="train"):
+        problem = super().sample(generator, device, split)
         task = self
 
         class Poisoned(QuadraticProblem):

@@ -14,7 +14,7 @@ class TinyMLPTask(Task):
         self.module = nn.Sequential(nn.Linear(4, 8), nn.Sigmoid(), nn.Linear(8, 2))
         self.batch_size = batch_size
 
-    def sample(self, generator, device="cpu"):
+    def sample(self, generator, device="cpu", split="train"):
         params = {}
         for name, p in self.module.named_parameters():
             params[name] = (torch.randn(p.shape, generator=generator) * 0.3).to(device)
