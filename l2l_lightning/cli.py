@@ -3,6 +3,8 @@
 ``l2l fit --config configs/quadratic.yaml`` meta-trains; ``l2l validate`` / ``l2l test``
 evaluate a checkpoint (``--ckpt_path``).  After ``fit`` the best checkpoint is
 evaluated on the held-out test problems unless ``--test_after_fit false``.
+``l2l compare`` (not a LightningCLI subcommand, a jsonargparse one) runs
+:func:`l2l_lightning.compare.compare`.
 """
 
 from __future__ import annotations
@@ -56,13 +58,35 @@ class L2LCLI(LightningCLI):
             self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
 
 
+def compare_main(args: list[str]) -> None:
+    """``l2l compare``: see :func:`l2l_lightning.compare.compare` (every argument is a flag)."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    from l2l_lightning.compare import compare, format_table
+
+    parser = ArgumentParser(prog="l2l compare", description=compare.__doc__.split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the flags below")
+    parser.add_function_arguments(compare, fail_untyped=True)
+    config = parser.parse_args(args)
+    config.pop("config", None)
+    results = compare(**parser.instantiate_classes(config).as_dict())
+    print(format_table(results))
+    if config.out_dir is not None:
+        print(f"table, figure and TensorBoard runs written to {config.out_dir}/")
+
+
 def main(args: Optional[ArgsType] = None) -> None:
     """Entry point of the ``l2l`` console script."""
+    argv = sys.argv[1:] if args is None else args
     try:
+        if isinstance(argv, list) and argv[:1] == ["compare"]:
+            return compare_main(argv[1:])
         L2LCLI(
             MetaLearner,
             seed_everything_default=0,
             save_config_kwargs={"overwrite": True},
+            parser_kwargs={"description": "Meta-train learned optimizers (fit/validate/test). "
+                           "Also: `l2l compare --help` to compare trained optimizers with tuned baselines."},
             args=args,
         )
     except L2LError as error:

@@ -10,7 +10,7 @@ each update.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -55,14 +55,26 @@ def run_baseline(name: str, lr: float, problem: Problem, num_steps: int) -> Tens
 
 
 def tune_baseline(
-    name: str, problems: Sequence[Problem], num_steps: int, lrs: Sequence[float] = DEFAULT_LR_GRID
+    name: str,
+    problems: Sequence[Problem],
+    num_steps: int,
+    lrs: Sequence[float] = DEFAULT_LR_GRID,
+    on_run: Optional[Callable[[], object]] = None,
 ) -> TunedBaseline:
-    """Run ``name`` at every ``lr`` on every problem; keep the lr with the lowest mean loss."""
+    """Run ``name`` at every ``lr`` on every problem; keep the lr with the lowest mean loss.
+
+    ``on_run`` is called after each (lr, problem) run, e.g. to advance a progress bar.
+    """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
     curves, scores = {}, {}
     for lr in lrs:
-        curve = torch.cat([run_baseline(name, lr, p, num_steps) for p in problems], dim=1).mean(1)
+        runs = []
+        for problem in problems:
+            runs.append(run_baseline(name, lr, problem, num_steps))
+            if on_run is not None:
+                on_run()
+        curve = torch.cat(runs, dim=1).mean(1)
         score = curve.mean().item()
         curves[lr], scores[lr] = curve, score if math.isfinite(score) else math.inf
     best = min(lrs, key=lambda lr: scores[lr])
