@@ -54,7 +54,9 @@ class L2LCLI(LightningCLI):
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
-            ckpt = "best" if self.trainer.checkpoint_callback is not None else None
+            callback = self.trainer.checkpoint_callback
+            # "best" only exists once a validation ran; otherwise test the weights as they are.
+            ckpt = "best" if callback is not None and getattr(callback, "best_model_path", "") else None
             self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
 
 

@@ -24,3 +24,7 @@ class CheckpointError(L2LError, ValueError):
 
 class UnsupportedGradientError(L2LError, TypeError):
     """An optimizer met a gradient it cannot handle (sparse or complex)."""
+
+
+class DatasetError(L2LError, OSError):
+    """A dataset's files are missing, truncated or corrupt; the message names the files and how to get them."""

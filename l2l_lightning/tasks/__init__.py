@@ -1,6 +1,19 @@
 """Tasks: distributions of optimizees (see :mod:`l2l_lightning.tasks.base` for the API)."""
 
 from l2l_lightning.tasks.base import ModuleProblem, Problem, Split, Task
+from l2l_lightning.tasks.cifar import CIFAR10Task
+from l2l_lightning.tasks.classification import ImageClassificationTask
+from l2l_lightning.tasks.mnist import MNISTTask
 from l2l_lightning.tasks.quadratic import QuadraticProblem, QuadraticTask
 
-__all__ = ["ModuleProblem", "Problem", "QuadraticProblem", "QuadraticTask", "Split", "Task"]
+__all__ = [
+    "CIFAR10Task",
+    "ImageClassificationTask",
+    "MNISTTask",
+    "ModuleProblem",
+    "Problem",
+    "QuadraticProblem",
+    "QuadraticTask",
+    "Split",
+    "Task",
+]

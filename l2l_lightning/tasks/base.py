@@ -99,8 +99,7 @@ class ModuleProblem(Problem):
         module: the architecture; its own parameters and buffers are never touched.
         params: initial parameters by name (as in ``module.named_parameters()``).
         batch: ``batch(step)`` gives the data for inner step ``step`` (e.g. a minibatch).
-        loss_fn: ``loss_fn(module_output, batch)`` gives the scalar loss.
-        forward: ``forward(module, params, batch)`` runs the module; the default calls
+        loss_fn: ``loss_fn(module_output, batch)`` gives the scalar loss; the module is run as
             ``functional_call(module, params, (batch[0],))``.
     """
 
