@@ -143,3 +143,17 @@ def test_same_seed_same_weights_from_the_command_line(tmp_path):
         weights.append(checkpoint["state_dict"])
     assert weights[0].keys() == weights[1].keys()
     assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_fit_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0 and "model:" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("config", sorted((ROOT / "configs" / "compare").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_compare_config_parses(config, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare", "--config", str(config), "--print_config"])
+    assert exit_info.value.code == 0 and "learned:" in capsys.readouterr().out
