@@ -71,7 +71,8 @@ def compare_main(args: list[str]) -> None:
     parser.add_function_arguments(compare, fail_untyped=True)
     config = parser.parse_args(args)
     config.pop("config", None)
-    results = compare(**parser.instantiate_classes(config).as_dict())
+    instantiate = getattr(parser, "instantiate", None) or parser.instantiate_classes  # renamed in jsonargparse 4.49
+    results = compare(**instantiate(config).as_dict())
     print(format_table(results))
     if config.out_dir is not None:
         print(f"table, figure and TensorBoard runs written to {config.out_dir}/")
