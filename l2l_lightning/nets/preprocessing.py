@@ -37,17 +37,10 @@ def num_features(name: str) -> int:
     return 1 if name == "none" else 2
 
 
-def preprocess(grad: Tensor, name: str, p: float) -> Tensor:
-    """Map a 1-D gradient of ``n`` coordinates to an ``(n, num_features(name))`` input.
-
-    * ``"none"``: ``[g]``.
-    * ``"log_sign"`` (paper): ``[log|g| / p, sign(g)]`` if ``|g| >= e^-p`` else ``[-1, e^p g]``.
-      The log is taken of ``|g|`` clamped at ``e^-p`` so the unused branch of ``where``
-      never holds ``-inf`` (which would turn second derivatives into NaN).
-    * ``"clamped"`` (authors' code): ``[clamp(log(|g| + eps) / p, min=-1), clamp(e^p g, -1, 1)]``.
-    """
+def _features(grad: Tensor, name: str, p: float) -> tuple[Tensor, ...]:
+    """The input columns, each shaped like ``grad``: the one definition both entry points share."""
     if name == "none":
-        return grad.unsqueeze(1)
+        return (grad,)
     abs_grad = grad.abs()
     if name == "log_sign":
         threshold = math.exp(-p)
@@ -60,4 +53,29 @@ def preprocess(grad: Tensor, name: str, p: float) -> Tensor:
         direction = (grad * math.exp(p)).clamp(-1.0, 1.0)
     else:  # guarded by check_preprocess at construction
         raise ConfigError(f"unknown preprocess {name!r}; allowed: {PREPROCESS_NAMES}")
-    return torch.stack((magnitude, direction), dim=1)
+    return magnitude, direction
+
+
+def preprocess(grad: Tensor, name: str, p: float) -> Tensor:
+    """Map a 1-D gradient of ``n`` coordinates to an ``(n, num_features(name))`` input.
+
+    * ``"none"``: ``[g]``.
+    * ``"log_sign"`` (paper): ``[log|g| / p, sign(g)]`` if ``|g| >= e^-p`` else ``[-1, e^p g]``.
+      The log is taken of ``|g|`` clamped at ``e^-p`` so the unused branch of ``where``
+      never holds ``-inf`` (which would turn second derivatives into NaN).
+    * ``"clamped"`` (authors' code): ``[clamp(log(|g| + eps) / p, min=-1), clamp(e^p g, -1, 1)]``.
+    """
+    if name == "none":
+        return grad.unsqueeze(1)
+    return torch.stack(_features(grad, name, p), dim=1)
+
+
+def preprocess_into(grad: Tensor, name: str, p: float, out: Tensor) -> Tensor:
+    """:func:`preprocess` written into ``out`` (``(n, num_features(name))``, may be a strided view).
+
+    The no-grad deployment step uses it to fill the first columns of its ``[input, h]``
+    buffer chunk by chunk; the values are exactly those of :func:`preprocess`.
+    """
+    for column, feature in enumerate(_features(grad, name, p)):
+        out[:, column].copy_(feature)
+    return out

@@ -1,8 +1,18 @@
 """Truncation semantics and the meta-gradient."""
 
+import pytest
 import torch
 
 from l2l_lightning import CoordinatewiseLSTM, QuadraticTask, unroll
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors: on a shared 2-core machine OpenMP threads only add waiting."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _setup(seed=0):
@@ -83,3 +93,86 @@ def test_evaluation_mode_keeps_no_graph():
     result = unroll(net, problem, theta, state, 0, 5, meta_grad=False)
     assert result.losses.grad_fn is None and not result.losses.requires_grad
     torch.testing.assert_close(result.losses, unroll(net, problem, theta, state, 0, 5).losses.detach())
+
+
+class _PlainNet(torch.nn.Module):
+    """The same net seen only through ``net(grad, state)``: the unroll's generic path."""
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, grad, state):
+        return self.net(grad, state)
+
+
+def test_the_split_state_path_equals_the_generic_path():
+    net, problem, theta, state = _setup()
+    fast = unroll(net, problem, theta, state, 0, 5)
+    plain = unroll(_PlainNet(net), problem, theta, state, 0, 5)
+    torch.testing.assert_close(fast.losses, plain.losses, rtol=0, atol=0)
+    torch.testing.assert_close(fast.state, plain.state, rtol=0, atol=0)
+    for a, b in zip(_meta_grad(net, fast.losses), _meta_grad(net, plain.losses)):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-9)
+
+
+def test_the_unroll_does_not_modify_the_state_it_was_given():
+    net, problem, theta, state = _setup()
+    state = torch.randn_like(state)
+    before = state.clone()
+    unroll(net, problem, theta, state, 0, 3)
+    unroll(net, problem, theta, state, 0, 3, meta_grad=False)
+    assert torch.equal(state, before)
+
+
+def _mlp_problems(count):
+    from torch import nn
+
+    from l2l_lightning import ModuleProblem
+
+    module = nn.Sequential(nn.Linear(6, 5), nn.Sigmoid(), nn.Linear(5, 3))
+    problems = []
+    for seed in range(count):
+        generator = torch.Generator().manual_seed(seed)
+        params = {name: torch.randn(p.shape, generator=generator) * 0.5 for name, p in module.named_parameters()}
+        xs, ys = torch.randn(4, 8, 6, generator=generator), torch.randint(0, 3, (4, 8), generator=generator)
+        problems.append(
+            ModuleProblem(module, params, lambda step, xs=xs, ys=ys: (xs[step % 4], ys[step % 4]), lambda out, b: torch.nn.functional.cross_entropy(out, b[1]))
+        )
+    return problems
+
+
+def test_stacked_module_problems_are_the_same_optimizees_unrolled_together():
+    from l2l_lightning.meta.unroll import StackedModuleProblem
+
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden_size=6, preprocess="log_sign")
+    problems = _mlp_problems(3)
+    stacked = StackedModuleProblem(problems)
+    assert stacked.num_optimizees == 3
+    theta = stacked.initial_params()
+    together = unroll(net, stacked, theta, net.init_state(theta.numel()), 0, 4)
+    grads_together = _meta_grad(net, together.losses)
+    alone_grads = None
+    for k, problem in enumerate(problems):
+        t = problem.initial_params()
+        alone = unroll(net, problem, t, net.init_state(t.numel()), 0, 4)
+        torch.testing.assert_close(together.losses[:, k], alone.losses[:, 0], rtol=1e-5, atol=1e-6)
+        grads = _meta_grad(net, alone.losses)
+        alone_grads = grads if alone_grads is None else [a + b for a, b in zip(alone_grads, grads)]
+    for a, b in zip(grads_together, alone_grads):  # the meta-gradient of the sum is the sum of meta-gradients
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_stacked_module_problem_refuses_different_architectures():
+    from torch import nn
+
+    from l2l_lightning import ConfigError, ModuleProblem
+    from l2l_lightning.meta.unroll import StackedModuleProblem
+
+    first = _mlp_problems(1)[0]
+    other = ModuleProblem(nn.Linear(2, 2), {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}, lambda s: None, None)
+    with pytest.raises(ConfigError, match="same module and parameter layout"):
+        StackedModuleProblem([first, other])
+    with pytest.raises(ConfigError, match="at least one"):
+        StackedModuleProblem([])

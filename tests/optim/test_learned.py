@@ -253,32 +253,67 @@ def test_non_finite_update_from_finite_gradients_is_skipped_too(small_net):
     opt = LearnedOptimizer([p], checkpoint=small_net)
     before = p.detach().clone()
     set_grads([p])
-    with pytest.warns(SkippedStepWarning, match="non-finite update"):
+    with pytest.warns(SkippedStepWarning, match="non-finite update.*reset to zeros"):
         opt.step()
-    assert torch.equal(p.detach(), before) and len(opt.state) == 0
+    # no parameter moves; the states were advanced in place, and every coordinate's update
+    # was non-finite, so every state is back at zero (a fresh start), and the pass is counted
+    assert torch.equal(p.detach(), before)
+    assert not opt.state[p]["lstm"].any() and opt.state[p]["step"] == 1
 
 
-def test_nothing_is_written_before_every_update_is_computed(small_net, monkeypatch):
+def test_a_diverging_net_resets_exactly_the_states_of_its_non_finite_coordinates(small_net):
+    """States are updated in place (no second copy), so only the diverged rows can be reset."""
+    a, b = make_params((300,), (7, 11))
+    opt = LearnedOptimizer([a, b], checkpoint=small_net, chunk_size=64)
+    train(opt, [a, b], 2, seed=0)
+    states = torch.cat([opt.state[q]["lstm"] for q in (a, b)], dim=2)
+    set_grads([a, b], seed=5)
+    grad = torch.cat([a.grad.reshape(-1), b.grad.reshape(-1)])
+    with torch.no_grad():
+        _, expected_state = opt.net(grad, states)
+        # the output layer does not feed the state: make it overflow for the half of the
+        # coordinates with the largest Σh (output = 1e38 · Σh + bias > float32 max there)
+        total = expected_state[-1, 0].sum(1)
+        opt.net.output.weight.fill_(1e38)
+        opt.net.output.bias.fill_(3.4e38 - 1e38 * total.median().item())
+        opt._nets.clear()
+        expected_update, _ = opt.net(grad, states)
+    bad = ~torch.isfinite(expected_update)
+    assert 0 < bad.sum() < bad.numel()
+    before = [a.detach().clone(), b.detach().clone()]
+    with pytest.warns(SkippedStepWarning, match="reset to zeros"):
+        opt.step()
+    assert torch.equal(a, before[0]) and torch.equal(b, before[1])
+    new_state = torch.cat([opt.state[q]["lstm"] for q in (a, b)], dim=2)
+    assert not new_state[:, :, bad].any()
+    torch.testing.assert_close(new_state[:, :, ~bad], expected_state[:, :, ~bad], rtol=1e-5, atol=1e-6)
+    assert opt.state[a]["step"] == opt.state[b]["step"] == 3
+
+
+def test_nothing_is_written_to_a_parameter_before_every_update_is_computed(small_net, monkeypatch):
     a, b = make_params((4,), (5,))
     opt = LearnedOptimizer([{"params": [a]}, {"params": [b], "lr": 0.5}], checkpoint=small_net)
     set_grads([a, b])
     opt.step()
-    before = snapshot(opt, [a, b])
+    params_before, states_before = snapshot(opt, [a, b])
     calls = []
     real = learned_module._step_flat
 
-    def failing_second_pass(net, grad, state):
+    def failing_second_pass(net, grad, states, **kwargs):
         calls.append(grad.numel())
         if len(calls) == 2:
             raise RuntimeError("simulated failure in the second bucket")
-        return real(net, grad, state)
+        return real(net, grad, states, **kwargs)
 
     monkeypatch.setattr(learned_module, "_step_flat", failing_second_pass)
     set_grads([a, b], seed=5)
     with pytest.raises(RuntimeError, match="simulated"):
         opt.step()
     assert calls == [4, 5]  # the first group's update was computed ...
-    assert_same_snapshot(before, snapshot(opt, [a, b]))  # ... but never applied
+    assert torch.equal(a, params_before[0]) and torch.equal(b, params_before[1])  # ... but never applied
+    assert [opt.state[q]["step"] for q in (a, b)] == [1, 1]
+    # the second bucket never ran: its state is untouched (the first one's advanced in place, as documented)
+    assert torch.equal(opt.state[b]["lstm"], states_before[id(b)]["lstm"])
 
 
 def test_sparse_and_complex_gradients_are_refused(small_net):
@@ -418,3 +453,147 @@ def test_grad_scaler_skips_the_step_on_inf_and_no_state_advances(small_net):
     assert scaler.get_scale() == scale / 2
     one_step(False)
     assert all(s["step"] == 2 for s in opt.state.values())
+
+
+# ------------------------------------------------------------------ the fast step
+def plain_step(net, params, states, lr=1.0):
+    """The reference: the net's differentiable forward on the concatenated flat gradient."""
+    grad = torch.cat([p.grad.reshape(-1) for p in params])
+    state = torch.cat(states, dim=2) if states else net.init_state(grad.numel())
+    with torch.no_grad():
+        update, new_state = net(grad, state)
+    sizes = [p.numel() for p in params]
+    new_params = [p.detach() + lr * u.view_as(p) for p, u in zip(params, update.split(sizes))]
+    return new_params, list(new_state.split(sizes, dim=2))
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [((1,),), ((3, 4), (5,)), ((64,), (64,)), ((100, 7), (7,), (33, 3), ()), ((1000,), (129,), (1, 1))],
+)
+@pytest.mark.parametrize("chunk_size", [1, 13, 64, 8192])
+def test_the_chunked_step_computes_the_plain_step(small_net, shapes, chunk_size):
+    params = make_params(*shapes)
+    opt = LearnedOptimizer(params, small_net, lr=0.7, chunk_size=chunk_size)
+    states = []
+    for step in range(3):
+        set_grads(params, seed=step)
+        expected_params, expected_states = plain_step(small_net, params, states, lr=0.7)
+        opt.step()
+        states = [opt.state[p]["lstm"] for p in params]
+        for p, e in zip(params, expected_params):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
+        for s, e in zip(states, expected_states):
+            torch.testing.assert_close(s, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_chunk_size_must_be_a_positive_integer(small_net, value):
+    with pytest.raises(ConfigError, match="chunk_size"):
+        LearnedOptimizer(make_params((3,)), small_net, chunk_size=value)
+
+
+def test_compile_setting_is_checked_and_a_failing_compile_falls_back_with_one_warning(small_net, monkeypatch):
+    from l2l_lightning.nets import lstm
+
+    with pytest.raises(ConfigError, match="compile"):
+        LearnedOptimizer(make_params((3,)), small_net, compile="always")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("inductor is unavailable")
+
+    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(lstm, "_RUNNERS", {})
+    compiled, eager = make_params((40,), (3, 3)), make_params((40,), (3, 3))
+    opt = LearnedOptimizer(compiled, small_net, compile=True, chunk_size=16)
+    reference = LearnedOptimizer(eager, small_net, compile=False, chunk_size=16)
+    with pytest.warns(RuntimeWarning, match="falling back to eager") as record:
+        for step in range(3):
+            set_grads(compiled, seed=step)
+            set_grads(eager, seed=step)
+            opt.step()
+            reference.step()
+    assert len(record) == 1
+    assert all(torch.equal(a, b) for a, b in zip(compiled, eager))
+
+
+def test_a_step_allocates_a_small_fraction_of_the_state(small_net):
+    """Extra memory of a step: flat gradient + flat update + chunk workspace, not a copy of the state."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).parents[2] / "benchmarks" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(common)
+    params = make_params((300, 300), (300,), (50, 50))
+    opt = LearnedOptimizer(params, small_net, chunk_size=512)
+    set_grads(params)
+    opt.step()  # creates the state
+    state_bytes = sum(s["lstm"].nbytes for s in opt.state.values())
+    set_grads(params, seed=1)
+    extra = common.peak_extra_bytes(opt.step)
+    assert 0 < extra < 0.25 * state_bytes, (extra, state_bytes)  # the bound asked for; ~12% here (hidden 8)
+
+
+# ------------------------------------------------------------------ the sync-free (CUDA) path, run on CPU
+def sync_free(opt):
+    opt._sync_free = True  # what CUDA parameters get; forced here to test its logic on CPU
+    return opt
+
+
+def test_the_sync_free_step_equals_the_checked_step(small_net):
+    a, b = make_params((40,), (3, 5)), make_params((40,), (3, 5))
+    checked = LearnedOptimizer(a, small_net, chunk_size=16)
+    free = sync_free(LearnedOptimizer(b, small_net, chunk_size=16))
+    for step in range(3):
+        set_grads(a, seed=step)
+        set_grads(b, seed=step)
+        checked.step()
+        free.step()
+    for p, q in zip(a, b):
+        assert torch.equal(p, q)
+        assert torch.equal(checked.state[p]["lstm"], free.state[q]["lstm"])
+        step = free.state[q]["step"]
+        assert torch.is_tensor(step) and step.dtype == torch.int64 and int(step) == checked.state[p]["step"] == 3
+
+
+def test_the_sync_free_step_skips_on_the_device_and_warns_at_the_next_call(small_net):
+    params = make_params((10,), (4,))
+    opt = sync_free(LearnedOptimizer(params, small_net))
+    set_grads(params)
+    opt.step()
+    before = snapshot(opt, params)
+    set_grads(params, seed=2)
+    params[1].grad[2] = float("nan")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()  # no host sync: the decision is a device flag, nothing to warn about yet
+    assert_same_snapshot(before, snapshot(opt, params))  # parameters, states and step counts unchanged
+    set_grads(params, seed=3)
+    with pytest.warns(SkippedStepWarning, match="non-finite gradient.*later call"):
+        opt.step()
+    assert all(int(opt.state[p]["step"]) == 2 for p in params)
+    with torch.no_grad():
+        opt.net.output.bias.fill_(float("inf"))
+        opt._nets.clear()
+    before = [p.detach().clone() for p in params]
+    set_grads(params, seed=4)
+    opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(params, before))
+    assert all(not opt.state[p]["lstm"].any() for p in params)
+    with pytest.warns(SkippedStepWarning, match="non-finite update"):
+        opt.state_dict()  # reports what is pending (a sync point anyway)
+
+
+def test_sync_free_step_counters_survive_a_state_dict_round_trip(small_net):
+    params = make_params((6,))
+    opt = sync_free(LearnedOptimizer(params, small_net))
+    train(opt, params, 2, seed=0)
+    saved = serialized(opt.state_dict())
+    copies = [nn.Parameter(p.detach().clone()) for p in params]
+    restored = LearnedOptimizer(copies, small_net)  # a CPU optimizer reading a tensor step: continues as int
+    restored.load_state_dict(saved)
+    train(opt, params, 2, seed=5)
+    train(restored, copies, 2, seed=5)
+    assert torch.equal(params[0], copies[0])
+    assert int(opt.state[params[0]]["step"]) == restored.state[copies[0]]["step"] == 4

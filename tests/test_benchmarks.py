@@ -1,0 +1,47 @@
+"""The benchmark scripts run (tiny sizes, one repeat): a smoke test, never a timing test."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name):
+    spec = importlib.util.spec_from_file_location(f"benchmark_{name}", BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads():
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_step_overhead_runs(capsys):
+    out = _load("step_overhead").main(["--sizes", "300,2k", "--naive-max", "2k", "--repeats", "1", "--threads", "1"])
+    assert "| 2k (" in out and "naive / ours" in out
+    assert "×" in [line for line in out.splitlines() if line.startswith("| 2k (")][0]
+    assert capsys.readouterr().out.strip() == out.strip()
+
+
+def test_meta_throughput_runs():
+    out = _load("meta_throughput").main(
+        ["--repeats", "1", "--threads", "1", "--quadratic-problems", "4", "--mlp", "12,5,3", "--stack", "1,2"]
+    )
+    assert "quadratic 4×10" in out and "12-5-3" in out and "2 stacked (vmap)" in out
+
+
+def test_gpu_check_script_is_there_and_executable():
+    script = BENCHMARKS / "gpu_check.sh"
+    assert script.exists() and script.stat().st_mode & 0o111
+    text = script.read_text()
+    assert "set_sync_debug_mode" in text and "step_overhead.py" in text and "meta_throughput.py" in text
