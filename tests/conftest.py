@@ -41,3 +41,13 @@ def tiny_trainer(tmp_path, **overrides) -> L.Trainer:
 @pytest.fixture(autouse=True)
 def _fixed_seed():
     torch.manual_seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """The tests' tensors are tiny: on a 2-core machine shared with other work, OpenMP threads
+    only add waiting (a barrier per op)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -6,15 +6,6 @@ import torch
 from l2l_lightning import CoordinatewiseLSTM, QuadraticTask, unroll
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: on a shared 2-core machine OpenMP threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _setup(seed=0):
     torch.manual_seed(seed)
     net = CoordinatewiseLSTM(preprocess="none", output_scale=0.1)

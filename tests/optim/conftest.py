@@ -17,15 +17,6 @@ from l2l_lightning.optim import pretrained
 REPO = Path(__file__).resolve().parents[2]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tensors are tiny; on a 2-core machine shared with other work, OpenMP threads only add waiting."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def quiet_trainer(**kwargs) -> L.Trainer:
     defaults = dict(
         accelerator="cpu",
