@@ -42,7 +42,7 @@ def machine(device: str = "cpu") -> str:
         name = torch.cuda.get_device_name()
     else:
         name = _cpu_name()
-    load = ", load average %.2f" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
+    load = ", load average %.2f before the run" % os.getloadavg()[0] if hasattr(os, "getloadavg") else ""
     return (
         f"{name}; {os.cpu_count()} logical CPUs{load}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} intra-op thread(s); Python {platform.python_version()}"

@@ -167,6 +167,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--mlp", default="784,20,10", help="MLP layer sizes (the paper's: 784,20,10)")
     args = parser.parse_args(argv)
     threads = common.setup_threads(args.threads)
+    where = common.machine(args.device)  # before our own load counts in the load average
     device = args.device
     rows = []
 
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None) -> str:
         [
             f"meta_throughput — device {device}, {threads} thread(s), truncations of {UNROLL} steps "
             f"(forward + backward + meta-step), median of {args.repeats} interleaved",
-            common.machine(device),
+            where,
             "",
             common.table(header, rows),
         ]

@@ -121,15 +121,20 @@ def check(size: int, device: str, net: CoordinatewiseLSTM, chunk_size, compile) 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10k,100k,1M,10M", help="parameter counts, e.g. 10k,1M")
-    parser.add_argument("--naive-max", default="1M", help="largest size to run the naive step at (it allocates 2.5x the state)")
+    parser.add_argument(
+        "--naive-max", default="1M", help="largest size to run the naive step at (it allocates 2.5x the state)"
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per candidate (median)")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: all cores)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--chunk-size", type=int, default=None, help="LearnedOptimizer chunk_size (default: per device)")
     parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"])
-    parser.add_argument("--with-compiled", action="store_true", help="also time compile=True (CPU: measures whether it pays)")
+    parser.add_argument(
+        "--with-compiled", action="store_true", help="also time compile=True (CPU: measures whether it pays)"
+    )
     args = parser.parse_args(argv)
     threads = common.setup_threads(args.threads)
+    where = common.machine(args.device)  # before our own load counts in the load average
     compile = {"auto": "auto", "true": True, "false": False}[args.compile]
     torch.manual_seed(0)
     net = CoordinatewiseLSTM(hidden_size=20, num_layers=2, preprocess="log_sign", p=10.0, output_scale=0.1)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> str:
     out = "\n".join(
         [
             f"step_overhead — device {args.device}, {threads} thread(s), median of {args.repeats} interleaved calls",
-            common.machine(args.device),
+            where,
             "",
             common.table(header, rows),
             "",

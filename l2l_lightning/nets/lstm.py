@@ -108,6 +108,14 @@ def _cell_(
     return s
 
 
+def _cell_functional(xh: Tensor, weight: Tensor, bias: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
+    """:func:`_cell_` as out-of-place ops (``(h', c')``): for ``torch.compile`` and ``torch.func`` transforms."""
+    s = torch.sigmoid(torch.addmm(bias, xh, weight.t()))
+    i, f, sg, o = s.split(hidden, dim=1)
+    c = torch.addcmul(f * c, i, sg * 2 - 1)
+    return (torch.sigmoid(c * 2) * 2 - 1) * o, c
+
+
 class _LSTMCellFunction(torch.autograd.Function):
     """One fused LSTM cell step with a hand-written backward.
 
@@ -181,6 +189,9 @@ class _LSTMCellFunction(torch.autograd.Function):
         return dx, dh_prev, dc_prev, dweight, dbias
 
 
+_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
+
+
 class FusedLSTMCell(nn.Module):
     """An LSTM cell computing its four gates with one matrix product on ``[input, h]``.
 
@@ -205,6 +216,9 @@ class FusedLSTMCell(nn.Module):
         weight, bias = self.weight, self.bias
         if weight.dtype != x.dtype:
             weight, bias = weight.to(x.dtype), bias.to(x.dtype)
+        if _functorch_active():  # vmap/grad/jacrev: plain differentiable ops (a custom node cannot be vmapped)
+            weight, bias = _gate_weights(weight, bias, self.hidden_size)
+            return _cell_functional(torch.cat((x, h), dim=1), weight, bias, c, self.hidden_size)
         return _LSTMCellFunction.apply(x, h, c, weight, bias)
 
 
@@ -415,7 +429,9 @@ class CoordinatewiseLSTM(nn.Module):
         weights = self._inference_weights(dtype, device)
         runner = _compiled_runner(self) if compile else None
 
-        def run(work: _Workspace, g: Tensor, c: int, hs: list[Tensor], cs: list[Tensor], flat: list[tuple[int, int, int]]) -> None:
+        def run(
+            work: _Workspace, g: Tensor, c: int, hs: list[Tensor], cs: list[Tensor], flat: list[tuple[int, int, int]]
+        ) -> None:
             """Compute one chunk of ``c`` rows whose state views are ``hs, cs``; write ``out``."""
             if runner is not None and runner.active:
                 u = runner(self, work, g, c, weights)
@@ -465,7 +481,8 @@ class CoordinatewiseLSTM(nn.Module):
         pending_rows = offset = 0
         for seg in segments:
             size, pos = seg.shape[2], 0
-            if direct_ok and seg.dtype == dtype and seg.device == device and seg.stride(3) == 1 and seg.stride(2) == hidden:
+            rows_contiguous = seg.stride(3) == 1 and seg.stride(2) == hidden
+            if direct_ok and seg.dtype == dtype and seg.device == device and rows_contiguous:
                 while size - pos >= min_direct:
                     c = min(rows, size - pos)
                     tasks.append((direct, seg, pos, offset + pos, c))
@@ -628,10 +645,7 @@ def _chunk_functional(
     new = []
     for layer in range(layers):
         weight, bias = weights[2 * layer], weights[2 * layer + 1]
-        s = torch.sigmoid(torch.addmm(bias, torch.cat((x, state[layer, 0]), dim=1), weight.t()))
-        i, f, sg, o = s.split(hidden, dim=1)
-        c = torch.addcmul(f * state[layer, 1], i, sg * 2 - 1)
-        h = (torch.sigmoid(c * 2) * 2 - 1) * o
+        h, c = _cell_functional(torch.cat((x, state[layer, 0]), dim=1), weight, bias, state[layer, 1], hidden)
         new += (h, c)
         x = h
     update = torch.addmm(weights[-1], x, weights[-2].t()).squeeze(1) * output_scale

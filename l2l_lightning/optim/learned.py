@@ -9,7 +9,8 @@ treat it like any other optimizer.
 State per parameter (``self.state[p]``):
 
 * ``"lstm"``: ``(num_layers, 2, p.numel(), hidden)`` in the group's ``state_dtype``;
-* ``"step"``: how many steps this parameter has taken (an ``int``).
+* ``"step"``: how many times the net has stepped this parameter's state: an ``int`` on
+  CPU, a 0-d int64 tensor on the parameter's device on GPUs (advanced without a host sync).
 
 Why each choice:
 

@@ -128,7 +128,12 @@ def _mlp_problems(count):
         params = {name: torch.randn(p.shape, generator=generator) * 0.5 for name, p in module.named_parameters()}
         xs, ys = torch.randn(4, 8, 6, generator=generator), torch.randint(0, 3, (4, 8), generator=generator)
         problems.append(
-            ModuleProblem(module, params, lambda step, xs=xs, ys=ys: (xs[step % 4], ys[step % 4]), lambda out, b: torch.nn.functional.cross_entropy(out, b[1]))
+            ModuleProblem(
+                module,
+                params,
+                lambda step, xs=xs, ys=ys: (xs[step % 4], ys[step % 4]),
+                lambda out, b: torch.nn.functional.cross_entropy(out, b[1]),
+            )
         )
     return problems
 

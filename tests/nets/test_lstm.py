@@ -225,7 +225,8 @@ def test_the_fused_cell_backward_is_the_true_gradient():
     h, c = torch.randn(rows, hidden, dtype=torch.float64), torch.randn(rows, hidden, dtype=torch.float64)
     weight = torch.randn(4 * hidden, 2 + hidden, dtype=torch.float64)
     bias = torch.randn(4 * hidden, dtype=torch.float64)
-    for needs in ([True] * 5, [False, True, True, True, True], [False, False, False, True, True], [True, False, True, False, False]):
+    patterns = ([True] * 5, [False, True, True, True, True], [False, False, False, True, True], [True, False, True, False, False])
+    for needs in patterns:
         inputs = [t.clone().requires_grad_(r) for t, r in zip((x, h, c, weight, bias), needs)]
         assert torch.autograd.gradcheck(_LSTMCellFunction.apply, inputs)
     # only one of the outputs used (the other's gradient is None inside backward)
@@ -283,3 +284,19 @@ def test_step_inplace_shares_chunks_over_threads_with_the_same_result():
     many = net.step_inplace(grad, many_states, chunk_size=128)
     assert torch.get_num_threads() == 3
     assert torch.equal(one, many) and all(torch.equal(a, b) for a, b in zip(one_states, many_states))
+
+
+def test_the_net_works_under_torch_func_transforms():
+    """Inside vmap/grad the cells use plain differentiable ops (a custom autograd node cannot be vmapped)."""
+    net = CoordinatewiseLSTM(hidden_size=6)
+    grads = torch.randn(3, 10)
+    state = net.init_state(10)
+    batched, _ = torch.func.vmap(lambda g: net(g, state))(grads)
+    for k in range(3):
+        torch.testing.assert_close(batched[k], net(grads[k], state)[0], rtol=1e-5, atol=1e-7)
+    params = dict(net.named_parameters())
+
+    def total(p):
+        return torch.func.functional_call(net, p, (grads[0], state))[0].sum()
+
+    torch.testing.assert_close(torch.func.grad(total)(params)["output.bias"], torch.tensor([10.0 * net.output_scale]))
