@@ -92,7 +92,7 @@ def main(args: Optional[ArgsType] = None) -> None:
                            "Also: `l2l compare --help` to compare trained optimizers with tuned baselines."},
             args=args,
         )
-    except L2LError as error:
+    except (L2LError, FileNotFoundError) as error:  # bad input: one line, no traceback
         print(f"l2l: error: {error}", file=sys.stderr)
         sys.exit(2)
 
