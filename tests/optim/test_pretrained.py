@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pathlib
 
-import lightning as L
 import pytest
 import torch
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from l2l_lightning import CheckpointError, CoordinatewiseLSTM, LearnedOptimizer, MetaLearner, QuadraticTask
+from l2l_lightning import CheckpointError, CoordinatewiseLSTM, LearnedOptimizer
 from l2l_lightning.optim import available, load_net, pretrained
 from l2l_lightning.optim.export import main as export_main
 from l2l_lightning.optim.pretrained import export
+
+from tests.conftest import tiny_learner, tiny_trainer
 
 from .conftest import SHIPPED_DIR, quiet_trainer
 
@@ -46,24 +47,8 @@ def test_export_writes_a_plain_file_with_weights_settings_and_metadata(meta_trai
 
 
 def test_export_records_validation_figures(tmp_path):
-    tiny = MetaLearner(
-        QuadraticTask(dim=3, num_problems=4),
-        net=CoordinatewiseLSTM(hidden_size=4, preprocess="none"),
-        num_steps=4,
-        unroll=2,
-        truncations_per_epoch=4,
-        baseline_lrs=(0.01, 0.1),
-    )
-    trainer = L.Trainer(
-        default_root_dir=tmp_path,
-        accelerator="cpu",
-        max_steps=4,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-        val_check_interval=2,
-    )
+    tiny = tiny_learner()
+    trainer = tiny_trainer(tmp_path, max_steps=4, limit_val_batches=None, val_check_interval=2)
     trainer.fit(tiny)  # MetaLearner's own ModelCheckpoint monitors val/mean_loss
     ckpt = trainer.checkpoint_callback.best_model_path
     assert ckpt.endswith(".ckpt")
