@@ -43,7 +43,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 
 from l2l_lightning import CoordinatewiseLSTM, ModuleProblem, QuadraticTask, unroll  # noqa: E402
-from l2l_lightning.meta.unroll import StackedModuleProblem, UnrollResult  # noqa: E402
+from l2l_lightning.meta.unroll import UnrollResult  # noqa: E402
+from l2l_lightning.tasks import StackedModuleProblem  # noqa: E402
 from l2l_lightning.nets.preprocessing import preprocess  # noqa: E402
 
 UNROLL, HORIZON = 20, 100

@@ -3,7 +3,7 @@
 from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError
 from l2l_lightning.errors import CheckpointError, DatasetError, UnsupportedGradientError
 from l2l_lightning.meta import MetaLearner, evaluate_learned, unroll
-from l2l_lightning.nets import CoordinatewiseLSTM
+from l2l_lightning.nets import CoordinatewiseLSTM, RoutedNets
 from l2l_lightning.optim import LearnedOptimizer, LearnedOptimizerCallback
 from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, Problem, QuadraticTask, Task
 
@@ -24,6 +24,7 @@ __all__ = [
     "NonFiniteMetaLossError",
     "Problem",
     "QuadraticTask",
+    "RoutedNets",
     "Task",
     "UnsupportedGradientError",
     "evaluate_learned",

@@ -101,7 +101,8 @@ def compare(
         num_problems: evaluation draws (a draw may hold several optimizees, e.g. 128 quadratics).
         seed: evaluation draw ``i`` uses ``seed + i`` on the ``"test"`` split.
         baselines: any of ``sgd``, ``nag`` (momentum 0.9, Nesterov), ``rmsprop``, ``adam``.
-        lrs: the learning-rate grid each baseline is tuned on.
+        lrs: the learning-rate grid each baseline is tuned on; extended past an edge when the
+            best rate is there (see :func:`~l2l_lightning.meta.baselines.tune_baseline`).
         tune_problems, tune_seed: the tuning draws (``"train"`` split).
         out_dir: where to write the table, figure and TensorBoard runs (``None``: nothing written).
     """
@@ -124,6 +125,11 @@ def compare(
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
     bar = tqdm(total=total, desc="l2l compare", disable=not progress, unit="run")
+
+    def extend_bar(lr: float) -> None:  # a baseline's grid is extended past an edge: more runs
+        bar.total += tune_problems
+        bar.refresh()
+
     tuning = _draw(task, tune_problems, tune_seed, "train", device)
     evaluation = _draw(task, num_problems, seed, "test", device)
     results = []
@@ -134,7 +140,7 @@ def compare(
             bar.update()
         results.append(OptimizerResult(label, torch.cat(curves, dim=1)))
     for name in baselines:
-        tuned = tune_baseline(name, tuning, num_steps, lrs, on_run=bar.update)
+        tuned = tune_baseline(name, tuning, num_steps, lrs, on_run=bar.update, on_extend=extend_bar)
         curves = []
         for problem in evaluation:
             curves.append(run_baseline(name, tuned.lr, problem, num_steps))

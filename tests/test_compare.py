@@ -48,9 +48,9 @@ def test_baselines_are_tuned_on_train_draws_and_everyone_is_evaluated_on_fresh_t
     assert names == ["tiny", "sgd", "adam"]
     for result in results:
         assert result.curves.shape == (5, 3 * 4)  # 5 steps, 3 draws × 4 quadratics
-    assert results[0].lr is None and results[1].lr in (0.01, 0.1) and set(results[2].tuning) == {0.01, 0.1}
-    best = min(results[2].tuning, key=results[2].tuning.get)
-    assert results[2].lr == best
+    assert results[0].lr is None and set(results[2].tuning) >= {0.01, 0.1}  # the grid, perhaps extended
+    for result in results[1:]:
+        assert result.lr == min(result.tuning, key=result.tuning.get)
 
 
 def test_every_optimizer_starts_from_the_same_parameters(checkpoint):

@@ -60,22 +60,48 @@ def tune_baseline(
     num_steps: int,
     lrs: Sequence[float] = DEFAULT_LR_GRID,
     on_run: Optional[Callable[[], object]] = None,
+    extend: int = 3,
+    on_extend: Optional[Callable[[float], object]] = None,
 ) -> TunedBaseline:
     """Run ``name`` at every ``lr`` on every problem; keep the lr with the lowest mean loss.
 
-    ``on_run`` is called after each (lr, problem) run, e.g. to advance a progress bar.
+    A best rate at the edge of the grid only says the grid was too narrow, so the grid
+    is then extended geometrically past that edge (by the ratio of its two outermost
+    rates; downwards if every rate diverged), one rate at a time, until the best is
+    inside it or ``extend`` rates have been added; :attr:`TunedBaseline.mean_losses`
+    lists every rate tried.
+
+    ``on_run`` is called after each (lr, problem) run, e.g. to advance a progress bar;
+    ``on_extend(lr)`` before the runs of each added rate.
     """
     if name not in BASELINES:
         raise ValueError(f"unknown baseline {name!r}; allowed: {', '.join(BASELINES)}")
-    curves, scores = {}, {}
-    for lr in lrs:
+    curves: dict[float, Tensor] = {}
+    scores: dict[float, float] = {}
+
+    def evaluate(lr: float) -> None:
         runs = []
         for problem in problems:
             runs.append(run_baseline(name, lr, problem, num_steps))
             if on_run is not None:
                 on_run()
-        curve = torch.cat(runs, dim=1).mean(1)
-        score = curve.mean().item()
-        curves[lr], scores[lr] = curve, score if math.isfinite(score) else math.inf
-    best = min(lrs, key=lambda lr: scores[lr])
-    return TunedBaseline(name, best, curves[best], scores)
+        curves[lr] = torch.cat(runs, dim=1).mean(1)
+        score = curves[lr].mean().item()
+        scores[lr] = score if math.isfinite(score) else math.inf
+
+    for lr in lrs:
+        evaluate(lr)
+    for _ in range(extend if len(set(lrs)) > 1 else 0):
+        grid = sorted(scores)
+        best = min(grid, key=lambda lr: scores[lr])
+        if not math.isfinite(scores[best]) or best == grid[0]:  # every rate diverged, or the smallest is best
+            lr = grid[0] ** 2 / grid[1]
+        elif best == grid[-1]:
+            lr = grid[-1] ** 2 / grid[-2]
+        else:
+            break
+        if on_extend is not None:
+            on_extend(lr)
+        evaluate(lr)
+    best = min(sorted(scores), key=lambda lr: scores[lr])  # ties (all diverged): the smallest rate
+    return TunedBaseline(name, best, curves[best], dict(sorted(scores.items())))

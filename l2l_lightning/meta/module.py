@@ -34,8 +34,10 @@ from torch.utils.data import DataLoader
 from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
 from l2l_lightning.meta.metrics import CurveMean
-from l2l_lightning.meta.unroll import evaluate_learned, unroll
+from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
+from l2l_lightning.nets.routed import RoutedNets
+from l2l_lightning.nets.spec import instantiate_net
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -46,8 +48,9 @@ class _Carry:
     """What one truncation hands to the next: the same problem, continued."""
 
     problem: Problem
+    net: Any  #: ``self.net``, bound to the problem if it routes parameters (see ``unroll.bind``)
     theta: Tensor
-    state: Tensor
+    state: Any
     step: int
 
 
@@ -110,6 +113,8 @@ class MetaLearner(L.LightningModule):
     Args:
         task: the distribution of optimizees (e.g. :class:`~l2l_lightning.tasks.QuadraticTask`).
         net: the learned optimizer; default ``CoordinatewiseLSTM()`` with the paper's settings.
+            :class:`~l2l_lightning.nets.RoutedNets` gives separate nets to separate parameters
+            of a module optimizee (the paper's conv / fully connected LSTMs for CIFAR-10).
         num_steps: horizon: inner steps per optimizee before a fresh one is drawn (paper: 100).
         unroll: inner steps per truncation, i.e. per meta-update (paper: 20); must divide ``num_steps``.
         second_derivatives: back-propagate through the optimizee's gradient too (paper: off).
@@ -139,7 +144,7 @@ class MetaLearner(L.LightningModule):
     def __init__(
         self,
         task: Task,
-        net: Optional[CoordinatewiseLSTM] = None,
+        net: Optional[Union[CoordinatewiseLSTM, RoutedNets]] = None,
         num_steps: int = 100,
         unroll: int = 20,
         second_derivatives: bool = False,
@@ -222,13 +227,14 @@ class MetaLearner(L.LightningModule):
         if carry is None or carry.step >= self.num_steps:
             problem = self.task.sample(self._generator, self.device, split="train")
             theta = problem.initial_params()
-            carry = _Carry(problem, theta, self.net.init_state(theta.numel(), device=self.device), 0)
+            net = bind(self.net, problem, device=self.device)
+            carry = _Carry(problem, net, theta, net.init_state(theta.numel(), device=self.device), 0)
         return carry
 
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
         carry = self._next_carry()
         losses, theta, state = unroll(
-            self.net,
+            carry.net,
             carry.problem,
             carry.theta,
             carry.state,
@@ -236,7 +242,7 @@ class MetaLearner(L.LightningModule):
             self.unroll,
             second_derivatives=self.second_derivatives,
         )
-        self._carry = _Carry(carry.problem, theta, state, carry.step + self.unroll)
+        self._carry = _Carry(carry.problem, carry.net, theta, state, carry.step + self.unroll)
         weights = self.loss_weights[carry.step : carry.step + self.unroll]
         meta_loss = (losses.mean(dim=1) * weights).sum()
         self._loss_finite = bool(torch.isfinite(meta_loss))
@@ -393,5 +399,6 @@ class MetaLearner(L.LightningModule):
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
         _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
         spec = checkpoint["l2l_net"]
-        if spec["init_args"] != self.net.config:
-            self.net = CoordinatewiseLSTM(**spec["init_args"]).to(self.device)
+        if spec != self.net.spec:
+            self.net = instantiate_net(spec, "the checkpoint's l2l_net").to(self.device)
+            self._carry = None

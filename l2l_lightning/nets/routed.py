@@ -21,23 +21,26 @@ bound(grad, state)``), its state a tuple with one entry per route.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Mapping, Optional, Sequence, Union
+from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.lstm import CoordinatewiseLSTM
+from l2l_lightning.nets.spec import instantiate_net
 
 NetOrSpec = Union[nn.Module, Mapping[str, Any]]
 
 
-def _build(spec: NetOrSpec) -> nn.Module:
-    if isinstance(spec, nn.Module):
-        return spec
-    if spec.get("class_path", "").rsplit(".", 1)[-1] != CoordinatewiseLSTM.__name__:
-        raise ConfigError(f"RoutedNets: cannot build a net from {dict(spec)!r}; expected a CoordinatewiseLSTM spec")
-    return CoordinatewiseLSTM(**spec.get("init_args", {}))
+def _build(route: str, spec: NetOrSpec) -> nn.Module:
+    net = spec if isinstance(spec, nn.Module) else instantiate_net(spec, f"RoutedNets: net {route!r}", ConfigError)
+    for method in ("init_state", "state_shape"):
+        if not callable(getattr(net, method, None)):
+            raise ConfigError(
+                f"RoutedNets: net {route!r} ({type(net).__name__}) has no {method}() method; each route needs a "
+                "coordinatewise net with the CoordinatewiseLSTM interface"
+            )
+    return net
 
 
 def owner_types(module: nn.Module) -> dict[str, list[str]]:
@@ -63,6 +66,16 @@ class RoutedNets(nn.Module):
             nets={"conv": CoordinatewiseLSTM(), "fc": CoordinatewiseLSTM()},
             routes={"conv": ["type:_ConvNd", "type:BatchNorm2d"], "fc": ["type:Linear", "type:BatchNorm1d"]},
         )
+
+    In YAML (``model.net``), as in ``configs/cifar10.yaml``::
+
+        net:
+          class_path: l2l_lightning.nets.RoutedNets
+          init_args:
+            nets:
+              conv: {class_path: l2l_lightning.CoordinatewiseLSTM}
+              fc: {class_path: l2l_lightning.CoordinatewiseLSTM}
+            routes: {conv: ["type:_ConvNd", "type:BatchNorm2d"], fc: ["type:Linear", "type:BatchNorm1d"]}
     """
 
     def __init__(self, nets: Mapping[str, NetOrSpec], routes: Mapping[str, Sequence[str]]) -> None:
@@ -74,9 +87,11 @@ class RoutedNets(nn.Module):
                 f"RoutedNets: nets {sorted(nets)} and routes {sorted(routes)} must name the same routes"
             )
         for name, patterns in routes.items():
-            if isinstance(patterns, str) or not patterns:
-                raise ConfigError(f"RoutedNets: route {name!r} needs a non-empty list of patterns, got {patterns!r}")
-        self.nets = nn.ModuleDict({name: _build(spec) for name, spec in nets.items()})
+            if isinstance(patterns, str) or not patterns or not all(isinstance(p, str) for p in patterns):
+                raise ConfigError(
+                    f"RoutedNets: route {name!r} needs a non-empty list of pattern strings, got {patterns!r}"
+                )
+        self.nets = nn.ModuleDict({name: _build(name, spec) for name, spec in nets.items()})
         self.routes = {name: list(routes[name]) for name in nets}
 
     @property
@@ -87,73 +102,132 @@ class RoutedNets(nn.Module):
     def config(self) -> dict[str, Any]:
         return {"nets": {name: net.spec for name, net in self.nets.items()}, "routes": dict(self.routes)}
 
-    def assign(self, names: Sequence[str], module: Optional[nn.Module] = None) -> dict[str, str]:
-        """``parameter name -> route``; raises if a parameter or a pattern is left unmatched."""
+    def extra_repr(self) -> str:
+        return f"routes={self.routes}"
+
+    def assign(
+        self, names: Sequence[str], module: Optional[nn.Module] = None, *, every_pattern: bool = True
+    ) -> dict[str, str]:
+        """``parameter name -> route`` (the first route with a matching pattern wins).
+
+        Raises :class:`ConfigError` if a parameter matches no route, or, with
+        ``every_pattern``, if a pattern matches no parameter (a typo would otherwise
+        silently send parameters to the wrong net).  ``type:`` patterns need ``module``.
+        """
         owners = owner_types(module) if module is not None else {}
-        used: set[tuple[str, str]] = set()
         assignment = {}
+        for name in names:
+            route = self.route_of(name, owners)
+            if route is None:
+                raise ConfigError(
+                    f"RoutedNets: parameter {name!r} matches no route; routes: {self.routes}"
+                    + (f" (its module is a {owners[name][0]})" if name in owners else "")
+                    + ". Add a pattern for it (a name pattern such as 'head.*' or 'type:ModuleClass')."
+                )
+            assignment[name] = route
+        if every_pattern:
+            self.check_every_pattern_used(names, owners)
+        return assignment
+
+    def route_of(self, name: str, owners: Mapping[str, Sequence[str]]) -> Optional[str]:
+        """The route of parameter ``name`` (``owners``: see :func:`owner_types`), or ``None``."""
+        for route, patterns in self.routes.items():
+            if any(self._matches(p, name, owners) for p in patterns):
+                return route
+        return None
+
+    def check_every_pattern_used(self, names: Iterable[str], owners: Mapping[str, Sequence[str]]) -> None:
+        """Raise if some pattern is the first match of none of ``names``."""
+        names = list(names)
+        used = set()
         for name in names:
             for route, patterns in self.routes.items():
                 hit = next((p for p in patterns if self._matches(p, name, owners)), None)
                 if hit is not None:
-                    assignment[name] = route
                     used.add((route, hit))
                     break
-            else:
-                raise ConfigError(
-                    f"RoutedNets: parameter {name!r} matches no route; routes: {self.routes}"
-                    + (f" (its module is a {owners[name][0]})" if name in owners else "")
-                )
         unused = [(route, p) for route, patterns in self.routes.items() for p in patterns if (route, p) not in used]
         if unused:
+            shown = names if len(names) <= 12 else names[:12] + [f"... ({len(names)} in all)"]
             raise ConfigError(
                 f"RoutedNets: pattern(s) {unused} matched no parameter (or only ones an earlier route took); "
-                f"parameters: {list(names)}"
+                f"parameters: {shown}. Fix or remove the pattern."
             )
-        return assignment
 
     @staticmethod
-    def _matches(pattern: str, name: str, owners: Mapping[str, list[str]]) -> bool:
+    def _matches(pattern: str, name: str, owners: Mapping[str, Sequence[str]]) -> bool:
         if pattern.startswith("type:"):
             if not owners:
-                raise ConfigError(f"RoutedNets: pattern {pattern!r} needs the optimizee module to match types")
+                raise ConfigError(
+                    f"RoutedNets: pattern {pattern!r} needs the optimizee module to match types; "
+                    "pass the module (e.g. LearnedOptimizer(..., module=model)) or use name patterns"
+                )
             return pattern[5:] in owners.get(name, ())
         return fnmatch.fnmatchcase(name, pattern)
 
-    def bind(self, layout: Sequence[tuple[str, int]], module: Optional[nn.Module] = None) -> "BoundNets":
-        """Bind to a flat vector made of ``(parameter name, numel)`` segments, in order."""
-        assignment = self.assign([name for name, _ in layout], module)
-        index: dict[str, list[int]] = {route: [] for route in self.nets}
+    def bind(
+        self, layout: Sequence[tuple[str, int]], module: Optional[nn.Module] = None, device: Any = None
+    ) -> "BoundNets":
+        """Bind to a flat vector made of ``(parameter name, numel)`` segments, in order.
+
+        A name may repeat (several optimizees of one architecture, concatenated).
+        """
+        assignment = self.assign(list(dict.fromkeys(name for name, _ in layout)), module)
+        pieces: dict[str, list[Tensor]] = {route: [] for route in self.nets}
         offset = 0
         for name, numel in layout:
-            index[assignment[name]].extend(range(offset, offset + numel))
+            pieces[assignment[name]].append(torch.arange(offset, offset + numel, device=device))
             offset += numel
-        return BoundNets(self, {r: torch.tensor(i, dtype=torch.long) for r, i in index.items()}, offset)
+        empty = torch.empty(0, dtype=torch.long, device=device)
+        index = {route: torch.cat(p) if p else empty for route, p in pieces.items()}
+        return BoundNets(self, index, offset)
 
     def forward(self, grad: Tensor, state: Any) -> tuple[Tensor, Any]:
         raise TypeError("RoutedNets must be bound to an optimizee's parameter layout first: use .bind(layout)")
 
 
 class BoundNets:
-    """:class:`RoutedNets` bound to one flat layout: the single-net interface over all coordinates."""
+    """:class:`RoutedNets` bound to one flat layout: the single-net interface over all coordinates.
+
+    Like :class:`~l2l_lightning.nets.CoordinatewiseLSTM` it offers ``forward_split`` on a
+    split state, which the unroll uses; its state is a tuple with one entry per route.
+    Each route's coordinates are gathered with one ``index_select`` and the updates put
+    back in place with one more (a ``cat`` alone when the routes are consecutive blocks).
+    """
 
     def __init__(self, routed: RoutedNets, index: dict[str, Tensor], numel: int) -> None:
-        self.routed, self.index, self.numel = routed, index, numel
+        self.routed, self.numel = routed, numel
+        self.nets = list(routed.nets.values())
+        self.index = [index[route] for route in routed.nets]
+        order = torch.cat(self.index)
+        in_order = bool((order == torch.arange(numel, device=order.device)).all()) if numel else True
+        #: position in ``cat(route updates)`` of each coordinate; ``None`` if that is the identity
+        self.inverse = None if in_order else torch.empty_like(order).index_copy_(0, order, torch.arange(numel, device=order.device))
 
     def init_state(self, n: int, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Tensor, ...]:
         if n != self.numel:
             raise ValueError(f"these nets are bound to {self.numel} coordinates, not {n}")
-        return tuple(
-            net.init_state(len(self.index[route]), device=device, dtype=dtype)
-            for route, net in self.routed.nets.items()
-        )
+        return tuple(net.init_state(len(index), device=device, dtype=dtype) for net, index in zip(self.nets, self.index))
 
-    def __call__(self, grad: Tensor, state: Sequence[Tensor]) -> tuple[Tensor, tuple[Tensor, ...]]:
-        update = grad.new_zeros(grad.shape)
-        new_state = []
-        for (route, net), route_state in zip(self.routed.nets.items(), state):
-            index = self.index[route].to(grad.device)
-            route_update, route_state = net(grad.index_select(0, index), route_state)
-            update = update.index_put((index,), route_update)
-            new_state.append(route_state)
-        return update, tuple(new_state)
+    def split_state(self, state: Sequence[Any]) -> list[Any]:
+        return [net.split_state(s) if hasattr(net, "forward_split") else s for net, s in zip(self.nets, state)]
+
+    def join_state(self, layers: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(net.join_state(l) if hasattr(net, "forward_split") else l for net, l in zip(self.nets, layers))
+
+    def forward_split(self, grad: Tensor, layers: Sequence[Any]) -> tuple[Tensor, list[Any]]:
+        updates, new_layers = [], []
+        for net, index, route_layers in zip(self.nets, self.index, layers):
+            route_grad = grad.index_select(0, index)
+            split = getattr(net, "forward_split", None)
+            update, route_layers = split(route_grad, route_layers) if split else net(route_grad, route_layers)
+            updates.append(update)
+            new_layers.append(route_layers)
+        update = torch.cat(updates)
+        return (update if self.inverse is None else update.index_select(0, self.inverse)), new_layers
+
+    def __call__(self, grad: Tensor, state: Sequence[Any]) -> tuple[Tensor, tuple[Any, ...]]:
+        update, layers = self.forward_split(grad, self.split_state(state))
+        return update, tuple(
+            new.to(old.dtype) if isinstance(new, Tensor) else new for new, old in zip(self.join_state(layers), state)
+        )

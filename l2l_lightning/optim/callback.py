@@ -15,6 +15,10 @@ optimizer's (an Adam lr of 1e-3 means nothing as a multiplier of a learned updat
 To schedule the learned optimizer's ``lr``, return a ``LearnedOptimizer`` and your
 scheduler from ``configure_optimizers`` yourself.
 
+The LightningModule is handed to the optimizer as ``module``, so a checkpoint with
+separate nets per kind of parameter (:class:`~l2l_lightning.nets.RoutedNets`, routed by
+parameter name or module type) works as it is.
+
 The module must still define ``configure_optimizers`` (Lightning checks that before any
 callback runs); what it returns is only used for its parameter groups.
 """
@@ -98,7 +102,7 @@ class LearnedOptimizerCallback(L.Callback):
                 "optimizer's lr, return LearnedOptimizer(...) and a scheduler from configure_optimizers yourself."
             )
         learned = [
-            LearnedOptimizer(groups, checkpoint=self.net, lr=self.lr, state_dtype=self.state_dtype)
+            LearnedOptimizer(groups, checkpoint=self.net, lr=self.lr, state_dtype=self.state_dtype, module=pl_module)
             for groups in groups_per_optimizer
         ]
         return learned[0] if len(learned) == 1 else learned

@@ -59,6 +59,13 @@ Why each choice:
   ``float64`` parameters get a ``float64`` copy, all narrower dtypes use the net's own
   (float32) weights: the net promotes internally, so bf16/fp16 gradients are read at
   float32 accuracy.
+* **Separate nets for separate parameters.**  A :class:`~l2l_lightning.nets.RoutedNets`
+  checkpoint (e.g. the paper's conv / fully connected LSTMs) sends each parameter to the
+  net of its route, decided once, when its group is added, from the parameter's name
+  and owning module type (``module=model``, or ``model.named_parameters()`` for name
+  patterns) or from the group's own ``"route"`` key.  The decision is kept in the group
+  (``"param_routes"``), so it is in the state dict and a resumed run with parameters
+  routed differently is refused.  Each route's parameters form their own buckets.
 * **The state dict names its net**: ``state_dict()["l2l_net"]`` holds the net's
   class, settings and a fingerprint of its weights; :meth:`LearnedOptimizer.load_state_dict`
   refuses LSTM states from a different net or of the wrong shape.
@@ -93,6 +100,7 @@ from torch.optim import Optimizer
 
 from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError
 from l2l_lightning.nets.lstm import check_chunk_size
+from l2l_lightning.nets.routed import RoutedNets, owner_types
 from l2l_lightning.optim.pretrained import fingerprint, load_net, net_spec
 
 #: State dtypes a parameter group may ask for (by name, so state dicts stay plain).
@@ -161,9 +169,10 @@ def _step_flat(
 
 @dataclass
 class _Bucket:
-    """Parameters of one group sharing device and gradient dtype: one pass of the net."""
+    """Parameters of one group and route sharing device and gradient dtype: one pass of a net."""
 
     group: dict[str, Any]
+    route: Optional[str]  #: the route's net steps them (``None``: the optimizer's only net)
     params: list[Tensor]
     grad: Tensor  #: all their gradients, flattened and concatenated
     states: list[Tensor] = field(default_factory=list)  #: their LSTM states, in ``params`` order (filled late)
@@ -228,11 +237,18 @@ class LearnedOptimizer(Optimizer):
         compile: ``torch.compile`` the chunk computation: ``"auto"`` (default: on CUDA, where
             fusing the gate math pays; not on CPU, where it does not), ``True`` or ``False``.
             If compilation is unavailable or fails, the step runs eagerly after one warning.
+        module: the model the parameters belong to.  Only needed when ``checkpoint`` is a
+            :class:`~l2l_lightning.nets.RoutedNets` with ``type:`` patterns (or when the
+            parameters are given unnamed): it names each parameter and its module type.
+            Instead, a parameter group may name its route itself: ``{"params": ..., "route": "conv"}``.
 
     Example::
 
         def configure_optimizers(self):
             return LearnedOptimizer(self.parameters(), checkpoint="quadratic")
+
+        # separate conv / fully connected nets, routed by module type:
+        LearnedOptimizer(model.parameters(), checkpoint="runs/cifar10.pt", module=model)
     """
 
     def __init__(
@@ -243,6 +259,7 @@ class LearnedOptimizer(Optimizer):
         state_dtype: Union[str, torch.dtype] = "float32",
         chunk_size: Optional[int] = None,
         compile: Union[bool, str] = "auto",
+        module: Optional[nn.Module] = None,
     ) -> None:
         _check_lr(lr)
         self._chunk_size = None if chunk_size is None else check_chunk_size(chunk_size)
@@ -251,12 +268,15 @@ class LearnedOptimizer(Optimizer):
         if net is checkpoint:
             net = copy.deepcopy(net)
         for method in ("init_state", "state_shape"):
-            if not callable(getattr(net, method, None)):
+            if not isinstance(net, RoutedNets) and not callable(getattr(net, method, None)):
                 raise ConfigError(
                     f"checkpoint: {type(net).__name__} has no {method}() method; LearnedOptimizer needs a "
-                    "coordinatewise net with the CoordinatewiseLSTM interface"
+                    "coordinatewise net with the CoordinatewiseLSTM interface (or RoutedNets of them)"
                 )
         self._net: nn.Module = net.eval().requires_grad_(False)
+        if module is not None and not isinstance(module, nn.Module):
+            raise ConfigError(f"module must be the nn.Module the parameters belong to, got {type(module).__name__}")
+        self._module = module
         self._net_spec = net_spec(net)
         self._fingerprint = fingerprint(net)
         self._nets: dict[tuple[torch.device, torch.dtype], nn.Module] = {}
@@ -264,7 +284,8 @@ class LearnedOptimizer(Optimizer):
         self._pending: list[tuple[Tensor, Any]] = []
         #: ``None``: decide per device (sync-free on anything but CPU); tests force ``True`` on CPU.
         self._sync_free: Optional[bool] = None
-        super().__init__(params, {"lr": lr, "state_dtype": _state_dtype_name(state_dtype)})
+        super().__init__(params, {"lr": lr, "state_dtype": _state_dtype_name(state_dtype), "route": None})
+        self._check_every_pattern_used()
 
     # ----------------------------------------------------------------- plumbing
     @property
@@ -289,12 +310,89 @@ class LearnedOptimizer(Optimizer):
                     "are supported (view complex ones as real pairs with torch.view_as_real)"
                 )
         super().add_param_group(param_group)
+        try:
+            self._route_group(self.param_groups[-1])
+        except ConfigError:
+            self.param_groups.pop()  # all or nothing: a group that cannot be routed is not added
+            raise
+
+    # ------------------------------------------------------------------ routing
+    def _route_group(self, group: dict[str, Any]) -> None:
+        """Decide which net steps each parameter of ``group`` (``group["param_routes"]``)."""
+        route = group.get("route")
+        if not isinstance(self._net, RoutedNets):
+            if route is not None:
+                raise ConfigError(
+                    f"LearnedOptimizer: a param group has route={route!r}, but the net is a single "
+                    f"{type(self._net).__name__} (routes need a RoutedNets checkpoint); drop the 'route' key"
+                )
+            return
+        if route is not None:
+            if route not in self._net.routes:
+                raise ConfigError(f"LearnedOptimizer: route={route!r} is not one of the net's routes {list(self._net.routes)}")
+            group["param_routes"] = [route] * len(group["params"])
+            return
+        names, owners = self._names_of(group)
+        param_routes = []
+        for name in names:
+            found = self._net.route_of(name, owners)
+            if found is None:
+                raise ConfigError(
+                    f"LearnedOptimizer: parameter {name!r} matches no route of the net {self._net.routes}"
+                    + (f" (its module is a {owners[name][0]})" if name in owners else "")
+                    + "; put it in a param group with a 'route' key, or leave it to another optimizer"
+                )
+            param_routes.append(found)
+        group["param_routes"] = param_routes
+
+    def _names_of(self, group: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
+        """Each parameter's name (from ``module``, else the group's ``param_names``) and owner types."""
+        if self._module is not None:
+            by_id = {id(p): name for name, p in self._module.named_parameters()}
+            missing = [i for i, p in enumerate(group["params"]) if id(p) not in by_id]
+            if missing:
+                raise ConfigError(
+                    f"LearnedOptimizer: parameter(s) #{missing} of a param group are not parameters of `module` "
+                    f"({type(self._module).__name__}); pass the model they belong to"
+                )
+            return [by_id[id(p)] for p in group["params"]], owner_types(self._module)
+        if "param_names" in group:
+            return list(group["param_names"]), {}
+        raise ConfigError(
+            f"LearnedOptimizer: this net has separate nets for routes {self._net.routes}, chosen by parameter name "
+            "or module type, but a param group gives neither. Pass module=model (needed for 'type:' patterns), "
+            "or model.named_parameters(), or a 'route' key per param group. With LightningCLI, use "
+            "--trainer.callbacks+=l2l_lightning.LearnedOptimizerCallback instead of --optimizer: it passes the module."
+        )
+
+    def _check_every_pattern_used(self) -> None:
+        """A routing pattern that matches none of the model's parameters is a typo: refuse it."""
+        if not isinstance(self._net, RoutedNets):
+            return
+        if self._module is not None:
+            names = [name for name, _ in self._module.named_parameters()]
+            self._net.check_every_pattern_used(names, owner_types(self._module))
+        elif any(g["route"] is None for g in self.param_groups):
+            names = [name for g in self.param_groups if g["route"] is None for name in g["param_names"]]
+            self._net.check_every_pattern_used(names, {})
+
+    def _route_net(self, route: Optional[str]) -> nn.Module:
+        """The (frozen, original-device) net that steps the parameters of ``route``."""
+        return self._net if route is None else self._net.nets[route]
+
+    def _param_routes(self) -> Iterator[tuple[dict[str, Any], Tensor, Optional[str]]]:
+        """``(group, parameter, route)`` for every parameter."""
+        for group in self.param_groups:
+            routes = group.get("param_routes") or [None] * len(group["params"])
+            for p, route in zip(group["params"], routes):
+                yield group, p, route
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
         state.update(
             _net=self._net,
             _net_spec=self._net_spec,
+            _module=None,  # only used while groups are added; not part of a copy
             _fingerprint=self._fingerprint,
             _chunk_size=self._chunk_size,
             _compile=self._compile,
@@ -304,18 +402,25 @@ class LearnedOptimizer(Optimizer):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
-        defaults = {"_nets": {}, "_pending": [], "_chunk_size": None, "_compile": "auto", "_sync_free": None}
+        defaults = {
+            "_nets": {},
+            "_pending": [],
+            "_chunk_size": None,
+            "_compile": "auto",
+            "_sync_free": None,
+            "_module": None,
+        }
         for name, default in defaults.items():
             self.__dict__.setdefault(name, default)
 
-    def _net_for(self, device: torch.device, grad_dtype: torch.dtype) -> nn.Module:
-        """The net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
-        base_dtype = next(self._net.parameters()).dtype
-        dtype = torch.promote_types(grad_dtype, base_dtype)
-        key = (device, dtype)
+    def _net_for(self, route: Optional[str], device: torch.device, grad_dtype: torch.dtype) -> nn.Module:
+        """``route``'s net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
+        base = self._route_net(route)
+        dtype = torch.promote_types(grad_dtype, next(base.parameters()).dtype)
+        key = (route, device, dtype)
         net = self._nets.get(key)
         if net is None:
-            net = copy.deepcopy(self._net).to(device=device, dtype=dtype)
+            net = copy.deepcopy(base).to(device=device, dtype=dtype)
             self._nets[key] = net
         return net
 
@@ -324,8 +429,9 @@ class LearnedOptimizer(Optimizer):
         """Group the parameters that have a gradient; check state shapes; create no state."""
         buckets = []
         for group in self.param_groups:
-            by_key: dict[tuple[torch.device, torch.dtype], list[Tensor]] = {}
-            for p in group["params"]:
+            by_key: dict[tuple[Optional[str], torch.device, torch.dtype], list[Tensor]] = {}
+            routes = group.get("param_routes") or [None] * len(group["params"])
+            for p, route in zip(group["params"], routes):
                 grad = p.grad
                 if grad is None:
                     continue
@@ -337,17 +443,17 @@ class LearnedOptimizer(Optimizer):
                 if grad.is_complex():
                     raise UnsupportedGradientError("LearnedOptimizer does not support complex gradients")
                 lstm = self.state[p].get("lstm") if p in self.state else None
-                shape = tuple(self._net.state_shape(p.numel()))
+                shape = tuple(self._route_net(route).state_shape(p.numel()))
                 if lstm is not None and tuple(lstm.shape) != shape:
                     raise CheckpointError(
                         f"LearnedOptimizer: a parameter of {p.numel()} elements has an LSTM state of shape "
                         f"{tuple(lstm.shape)}, expected {shape}; was the parameter resized after the "
                         "optimizer state was created?"
                     )
-                by_key.setdefault((grad.device, grad.dtype), []).append(p)
-            for params in by_key.values():
+                by_key.setdefault((route, grad.device, grad.dtype), []).append(p)
+            for (route, _, _), params in by_key.items():
                 grad = torch.cat([p.grad.reshape(-1) for p in params])
-                buckets.append(_Bucket(group, params, grad))
+                buckets.append(_Bucket(group, route, params, grad))
         return buckets
 
     def _prepare_states(self, bucket: _Bucket) -> None:
@@ -358,7 +464,7 @@ class LearnedOptimizer(Optimizer):
             entry = self.state[p]
             lstm = entry.get("lstm")
             if lstm is None:
-                lstm = self._net.init_state(p.numel(), device=p.grad.device, dtype=state_dtype)
+                lstm = self._route_net(bucket.route).init_state(p.numel(), device=p.grad.device, dtype=state_dtype)
             elif lstm.dtype != state_dtype or lstm.device != p.grad.device or not lstm.is_contiguous():
                 lstm = lstm.to(device=p.grad.device, dtype=state_dtype, memory_format=torch.contiguous_format)
             entry["lstm"] = lstm
@@ -367,7 +473,7 @@ class LearnedOptimizer(Optimizer):
     def _run(self, bucket: _Bucket, keep: Optional[Tensor] = None, threads: Optional[int] = None) -> Tensor:
         device = bucket.grad.device
         compile = self._compile is True or (self._compile == "auto" and device.type == "cuda")
-        net = self._net_for(device, bucket.grad.dtype)
+        net = self._net_for(bucket.route, device, bucket.grad.dtype)
         return _step_flat(
             net, bucket.grad, bucket.states, chunk_size=self._chunk_size, compile=compile, keep=keep, threads=threads
         )
@@ -549,15 +655,23 @@ class LearnedOptimizer(Optimizer):
                 f"LearnedOptimizer.load_state_dict: the state dict has {len(state_dict['param_groups'])} groups "
                 f"of {len(saved_ids)} parameters, this optimizer {len(self.param_groups)} groups of {len(params)}"
             )
+        for index, (saved, mine) in enumerate(zip(state_dict["param_groups"], self.param_groups)):
+            if saved.get("param_routes") != mine.get("param_routes"):
+                raise CheckpointError(
+                    f"LearnedOptimizer.load_state_dict: param group #{index} was routed {saved.get('param_routes')} "
+                    f"when saved, but is routed {mine.get('param_routes')} now (renamed or reordered parameters?); "
+                    "the LSTM states would continue under the wrong nets"
+                )
+        routes = [route for _, _, route in self._param_routes()]
         lstm: dict[Any, Tensor] = {}
         stripped: dict[Any, Any] = {}
-        for index, (saved_id, p) in enumerate(zip(saved_ids, params)):
+        for index, (saved_id, p, route) in enumerate(zip(saved_ids, params, routes)):
             entry = state_dict["state"].get(saved_id)
             if not isinstance(entry, dict):
                 continue
             stripped[saved_id] = {k: v for k, v in entry.items() if k != "lstm"}
             if "lstm" in entry:
-                expected = tuple(self._net.state_shape(p.numel()))
+                expected = tuple(self._route_net(route).state_shape(p.numel()))
                 if not isinstance(entry["lstm"], Tensor) or tuple(entry["lstm"].shape) != expected:
                     got = tuple(entry["lstm"].shape) if isinstance(entry["lstm"], Tensor) else type(entry["lstm"])
                     raise CheckpointError(

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
-import importlib
 import json
 import os
 import re
@@ -43,6 +42,7 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
+from l2l_lightning.nets.spec import instantiate_net
 
 #: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
 PRETRAINED_DIR: Path = Path(__file__).resolve().parent.parent / "pretrained"
@@ -111,31 +111,15 @@ def fingerprint(net: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-def _import_class(class_path: str) -> type:
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise CheckpointError(f"cannot import the net class {class_path!r}: {error}") from error
-    return obj
-
-
 def build_net(
     class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
 ) -> nn.Module:
     """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
-    cls = _import_class(class_path)
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
-        raise CheckpointError(f"{source}: class_path {class_path!r} is not an nn.Module subclass")
+    net = instantiate_net({"class_path": class_path, "init_args": init_args}, source)
     try:
-        net = cls(**init_args)
         net.load_state_dict(dict(state_dict), strict=True)
     except (TypeError, RuntimeError, ValueError) as error:
-        raise CheckpointError(
-            f"{source}: cannot rebuild {class_path} from its settings and weights: {error}"
-        ) from error
+        raise CheckpointError(f"{source}: cannot load the weights of {class_path}: {error}") from error
     return net.eval().requires_grad_(False)
 
 

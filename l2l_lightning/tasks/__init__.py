@@ -1,6 +1,6 @@
 """Tasks: distributions of optimizees (see :mod:`l2l_lightning.tasks.base` for the API)."""
 
-from l2l_lightning.tasks.base import ModuleProblem, Problem, Split, Task
+from l2l_lightning.tasks.base import ModuleProblem, Problem, Split, StackedModuleProblem, Task
 from l2l_lightning.tasks.cifar import CIFAR10Task
 from l2l_lightning.tasks.classification import ImageClassificationTask
 from l2l_lightning.tasks.mnist import MNISTTask
@@ -15,5 +15,6 @@ __all__ = [
     "QuadraticProblem",
     "QuadraticTask",
     "Split",
+    "StackedModuleProblem",
     "Task",
 ]

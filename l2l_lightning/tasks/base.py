@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Literal, Sequence
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call
+from torch.func import functional_call, vmap
+from torch.utils._pytree import tree_map
+
+from l2l_lightning.errors import ConfigError
 
 
 #: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test
@@ -129,3 +132,52 @@ class ModuleProblem(Problem):
         batch = self.batch(step)
         output = functional_call(self.module, self.unflatten(theta), (batch[0],))
         return self.loss_fn(output, batch).reshape(1)
+
+
+class StackedModuleProblem(Problem):
+    """Several :class:`~l2l_lightning.tasks.base.ModuleProblem` draws of one architecture, as one problem.
+
+    Their parameters are concatenated (``theta`` = ``[θ_1, θ_2, …]``, optimizee-major),
+    so for the coordinatewise net they are just more rows, and their losses come from a
+    single :func:`torch.func.vmap` over ``functional_call``: one batched forward and
+    backward instead of one per optimizee.  Each keeps its own data: step ``t`` stacks
+    every problem's ``batch(t)``.  ``loss`` returns the ``(K,)`` losses, each optimizee's
+    gradient is its own (the unroll differentiates their sum).
+
+    All problems must share the architecture (the same module, or modules printing the
+    same) and parameter layout; the first problem's module and ``loss_fn`` serve them all.
+    """
+
+    def __init__(self, problems: Sequence[ModuleProblem]) -> None:
+        problems = list(problems)
+        if not problems:
+            raise ConfigError("StackedModuleProblem needs at least one problem")
+        first = problems[0]
+        for problem in problems[1:]:
+            same_module = problem.module is first.module or repr(problem.module) == repr(first.module)
+            if not same_module or problem.layout != first.layout:
+                raise ConfigError(
+                    "StackedModuleProblem: every problem must share the same module and parameter layout "
+                    "(draws of one task)"
+                )
+        self.problems = problems
+        self.module = first.module
+        self.layout = first.layout
+        self.loss_fn = first.loss_fn
+        self.num_optimizees = len(problems)
+        self.size = first.layout[-1][2] if first.layout else 0  # coordinates per optimizee
+        self._theta0 = torch.cat([problem.initial_params() for problem in problems])
+
+    def initial_params(self) -> Tensor:
+        return self._theta0.clone()
+
+    def _one(self, theta: Tensor, batch: Any) -> Tensor:
+        params = {name: theta[start:end].view(shape) for name, start, end, shape in self.layout}
+        return self.loss_fn(functional_call(self.module, params, (batch[0],)), batch)
+
+    def batch(self, step: int) -> Any:
+        """Every problem's data for ``step``, stacked along a new leading dimension."""
+        return tree_map(lambda *leaves: torch.stack(leaves), *[problem.batch(step) for problem in self.problems])
+
+    def loss(self, theta: Tensor, step: int) -> Tensor:
+        return vmap(self._one)(theta.view(self.num_optimizees, self.size), self.batch(step))

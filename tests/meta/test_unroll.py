@@ -139,7 +139,7 @@ def _mlp_problems(count):
 
 
 def test_stacked_module_problems_are_the_same_optimizees_unrolled_together():
-    from l2l_lightning.meta.unroll import StackedModuleProblem
+    from l2l_lightning.tasks import StackedModuleProblem
 
     torch.manual_seed(0)
     net = CoordinatewiseLSTM(hidden_size=6, preprocess="log_sign")
@@ -164,7 +164,7 @@ def test_stacked_module_problem_refuses_different_architectures():
     from torch import nn
 
     from l2l_lightning import ConfigError, ModuleProblem
-    from l2l_lightning.meta.unroll import StackedModuleProblem
+    from l2l_lightning.tasks import StackedModuleProblem
 
     first = _mlp_problems(1)[0]
     other = ModuleProblem(nn.Linear(2, 2), {"weight": torch.zeros(2, 2), "bias": torch.zeros(2)}, lambda s: None, None)
@@ -172,3 +172,64 @@ def test_stacked_module_problem_refuses_different_architectures():
         StackedModuleProblem([first, other])
     with pytest.raises(ConfigError, match="at least one"):
         StackedModuleProblem([])
+
+
+def _layer_routed_nets():
+    from l2l_lightning import RoutedNets
+
+    torch.manual_seed(3)
+    return RoutedNets(
+        {"first": CoordinatewiseLSTM(hidden_size=5, preprocess="log_sign"), "last": CoordinatewiseLSTM(hidden_size=3)},
+        {"first": ["0.*"], "last": ["type:Linear"]},  # first match wins: layer 2 falls through to "last"
+    )
+
+
+def test_routed_nets_step_each_layer_with_its_own_net():
+    from l2l_lightning.meta.unroll import bind
+
+    routed = _layer_routed_nets()
+    problem = _mlp_problems(1)[0]
+    theta = problem.initial_params()
+    bound = bind(routed, problem)
+    state = bound.init_state(theta.numel())
+    assert [s.shape for s in state] == [(2, 2, 35, 5), (2, 2, 18, 3)]  # Linear(6, 5): 35 coordinates; Linear(5, 3): 18
+    result = unroll(bound, problem, theta, state, 0, 3)
+    # the same three steps by hand, each layer's coordinates through its own net
+    first, last = routed.nets["first"], routed.nets["last"]
+    t, s_first, s_last = theta.clone().requires_grad_(True), state[0], state[1]
+    for k in range(3):
+        (grad,) = torch.autograd.grad(problem.loss(t, k).sum(), t)
+        u_first, s_first = first(grad[:35], s_first)
+        u_last, s_last = last(grad[35:], s_last)
+        t = (t + torch.cat([u_first, u_last])).detach().requires_grad_(True)
+        torch.testing.assert_close(result.losses[k], problem.loss(t, k + 1).detach())
+    torch.testing.assert_close(result.state[1], s_last.detach())
+    grads = _meta_grad(routed, result.losses)
+    assert all(g.abs().sum() > 0 for g in grads)  # the meta-gradient reaches both nets
+
+
+def test_routed_nets_on_stacked_problems_match_each_problem_alone():
+    from l2l_lightning.meta.unroll import bind
+    from l2l_lightning.tasks import StackedModuleProblem
+
+    routed = _layer_routed_nets()
+    problems = _mlp_problems(3)
+    stacked = StackedModuleProblem(problems)
+    theta = stacked.initial_params()
+    bound = bind(routed, stacked)
+    together = unroll(bound, stacked, theta, bound.init_state(theta.numel()), 0, 4)
+    for k, problem in enumerate(problems):
+        t = problem.initial_params()
+        alone_net = bind(routed, problem)
+        alone = unroll(alone_net, problem, t, alone_net.init_state(t.numel()), 0, 4)
+        torch.testing.assert_close(together.losses[:, k], alone.losses[:, 0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(together.theta[k * 53 : (k + 1) * 53], alone.theta, rtol=1e-5, atol=1e-6)
+
+
+def test_routed_nets_need_named_parameters():
+    from l2l_lightning import ConfigError
+    from l2l_lightning.meta.unroll import bind
+
+    _, problem, _, _ = _setup()
+    with pytest.raises(ConfigError, match="QuadraticProblem has no named parameters"):
+        bind(_layer_routed_nets(), problem)

@@ -198,7 +198,7 @@ def test_float64_and_bfloat16_parameters(small_net):
     assert p64.dtype == torch.float64 and p16.dtype == torch.bfloat16
     assert opt.state[p64]["lstm"].dtype == torch.float32  # the state dtype is the setting, not the param's
     # one net copy per (device, dtype): float64 for the float64 param, the float32 net for bf16
-    assert sorted(str(dtype) for _, dtype in opt._nets) == ["torch.float32", "torch.float64"]
+    assert sorted(str(dtype) for _, _, dtype in opt._nets) == ["torch.float32", "torch.float64"]
     cached = dict(opt._nets)
     set_grads([p64, p16], seed=9)
     opt.step()

@@ -1,12 +1,18 @@
 """CIFAR10Task: the paper's conv net with batch norm, on tiny pickled batches (see tests/data/fixtures.py)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
-from l2l_lightning import CIFAR10Task, ConfigError, CoordinatewiseLSTM
+from l2l_lightning import CIFAR10Task, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, MetaLearner, RoutedNets
+from l2l_lightning.cli import main
+from l2l_lightning.optim.pretrained import export, load_net
 from tests.conftest import tiny_learner, tiny_trainer
 from tests.data.fixtures import TEST_OFFSET, write_cifar10
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 @pytest.fixture
@@ -90,3 +96,54 @@ def test_meta_training_runs_on_the_task(root, tmp_path):
     tiny_trainer(tmp_path, max_steps=4).fit(learner)
     assert learner.global_step == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))
+
+
+def test_separate_conv_and_fc_nets_meta_train_reload_and_deploy(root, tmp_path):
+    """The paper's CIFAR-10 setting end to end: meta-train two routed LSTMs, reload, export, deploy."""
+    task = CIFAR10Task(root=str(root), val_size=8, conv_channels=[4, 4], hidden_sizes=[8], batch_size=8)
+    routes = {"conv": ["type:_ConvNd", "type:BatchNorm2d"], "fc": ["type:Linear", "type:BatchNorm1d"]}
+    nets = {"conv": CoordinatewiseLSTM(hidden_size=4, preprocess="log_sign"), "fc": CoordinatewiseLSTM(hidden_size=3)}
+    learner = tiny_learner(task=task, net=RoutedNets(nets, routes))
+    before = {name: p.detach().clone() for name, p in learner.net.named_parameters()}
+    trainer = tiny_trainer(tmp_path, max_steps=4)
+    trainer.fit(learner)
+    changed = {name.split(".")[1] for name, p in learner.net.named_parameters() if not torch.equal(before[name], p)}
+    assert changed == {"conv", "fc"}  # both nets received meta-gradients
+
+    ckpt = tmp_path / "routed.ckpt"
+    trainer.save_checkpoint(ckpt)
+    reloaded = MetaLearner.load_from_checkpoint(ckpt)
+    assert isinstance(reloaded.net, RoutedNets) and reloaded.net.routes == routes
+    assert reloaded.net.nets["fc"].hidden_size == 3
+    exported = export(ckpt, tmp_path / "cifar.pt")
+
+    model = reference_net()  # a plain nn.Sequential: routed by its module types
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint=exported, module=model)
+    routes_of = dict(zip((name for name, _ in model.named_parameters()), optimizer.param_groups[0]["param_routes"]))
+    assert routes_of["0.weight"] == routes_of["1.bias"] == "conv" and routes_of["13.weight"] == routes_of["14.weight"] == "fc"
+    images, labels = task.sample(torch.Generator().manual_seed(0)).batch(0)
+    nn.functional.cross_entropy(model(images), labels).backward()
+    optimizer.step()
+    hidden = {name: optimizer.state[p]["lstm"].shape[-1] for name, p in model.named_parameters()}
+    assert hidden["0.weight"] == 4 and hidden["16.weight"] == 3  # each stepped by its own net (hidden 4 / 3)
+    assert load_net(exported).config == reloaded.net.config
+
+
+def test_the_config_file_runs_end_to_end_and_routing_typos_are_one_line_errors(root, tmp_path, capsys):
+    fast = ["--trainer.max_steps", "2", "--trainer.enable_progress_bar", "false", "--model.num_steps", "4",
+            "--model.unroll", "2", "--model.truncations_per_epoch", "2", "--model.val_problems", "1",
+            "--model.test_problems", "1", "--model.baseline_lrs", "[0.1]",
+            "--trainer.logger.init_args.save_dir", str(tmp_path)]  # fmt: skip
+    small = ["--model.task.init_args.root", str(root), "--model.task.init_args.val_size", "8",
+             "--model.task.init_args.batch_size", "8", "--model.task.init_args.conv_channels", "[4, 4]",
+             "--model.task.init_args.hidden_sizes", "[8]"]  # fmt: skip
+    config = ["fit", "--config", str(CONFIGS / "cifar10.yaml"), *fast, *small]
+    main(config)
+    assert "test/mean_loss" in capsys.readouterr().out
+    typo = '{conv: ["type:_ConvNd", "type:BatchNorm2d"], fc: ["type:Linear", "type:BatchNorm1D"]}'
+    with pytest.raises(SystemExit) as exit_info:
+        main([*config, "--model.net.init_args.routes", typo])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "l2l: error: RoutedNets: parameter '10.weight' matches no route" in err and "its module is a BatchNorm1d" in err
+    assert "Traceback" not in err
