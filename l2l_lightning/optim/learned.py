@@ -367,12 +367,12 @@ class LearnedOptimizer(Optimizer):
 
     def _check_every_pattern_used(self) -> None:
         """A routing pattern that matches none of the model's parameters is a typo: refuse it."""
-        if not isinstance(self._net, RoutedNets):
-            return
+        if not isinstance(self._net, RoutedNets) or all(g["route"] is not None for g in self.param_groups):
+            return  # a single net, or every group named its route: no pattern was used
         if self._module is not None:
             names = [name for name, _ in self._module.named_parameters()]
             self._net.check_every_pattern_used(names, owner_types(self._module))
-        elif any(g["route"] is None for g in self.param_groups):
+        else:
             names = [name for g in self.param_groups if g["route"] is None for name in g["param_names"]]
             self._net.check_every_pattern_used(names, {})
 

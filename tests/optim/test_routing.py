@@ -92,6 +92,8 @@ def test_a_group_may_name_its_route():
     assert [g["param_routes"] for g in optimizer.param_groups] == [["conv"] * 4, ["fc"] * 6]
     step_with(model, optimizer, steps=1)
     assert all(optimizer.state[p]["step"] == 1 for p in model.parameters())
+    mlp = nn.Sequential(nn.Linear(3, 2))  # no conv layer: "type:_ConvNd" matches nothing, but no pattern is used
+    LearnedOptimizer([{"params": mlp.parameters(), "route": "fc"}], checkpoint=routed(), module=mlp)
 
 
 @pytest.mark.parametrize(
