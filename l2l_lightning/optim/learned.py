@@ -279,7 +279,7 @@ class LearnedOptimizer(Optimizer):
         self._module = module
         self._net_spec = net_spec(net)
         self._fingerprint = fingerprint(net)
-        self._nets: dict[tuple[torch.device, torch.dtype], nn.Module] = {}
+        self._nets: dict[tuple[Optional[str], torch.device, torch.dtype], nn.Module] = {}  # see _net_for
         #: Sync-free steps' (host flags, CUDA event) awaiting their SkippedStepWarning.
         self._pending: list[tuple[Tensor, Any]] = []
         #: ``None``: decide per device (sync-free on anything but CPU); tests force ``True`` on CPU.
@@ -380,12 +380,10 @@ class LearnedOptimizer(Optimizer):
         """The (frozen, original-device) net that steps the parameters of ``route``."""
         return self._net if route is None else self._net.nets[route]
 
-    def _param_routes(self) -> Iterator[tuple[dict[str, Any], Tensor, Optional[str]]]:
-        """``(group, parameter, route)`` for every parameter."""
-        for group in self.param_groups:
-            routes = group.get("param_routes") or [None] * len(group["params"])
-            for p, route in zip(group["params"], routes):
-                yield group, p, route
+    @staticmethod
+    def _routes_of(group: dict[str, Any]) -> list[Optional[str]]:
+        """The route of each parameter of ``group`` (all ``None`` for a single net)."""
+        return group.get("param_routes") or [None] * len(group["params"])
 
     def __getstate__(self) -> dict[str, Any]:
         state = super().__getstate__()
@@ -430,8 +428,7 @@ class LearnedOptimizer(Optimizer):
         buckets = []
         for group in self.param_groups:
             by_key: dict[tuple[Optional[str], torch.device, torch.dtype], list[Tensor]] = {}
-            routes = group.get("param_routes") or [None] * len(group["params"])
-            for p, route in zip(group["params"], routes):
+            for p, route in zip(group["params"], self._routes_of(group)):
                 grad = p.grad
                 if grad is None:
                     continue
@@ -662,7 +659,7 @@ class LearnedOptimizer(Optimizer):
                     f"when saved, but is routed {mine.get('param_routes')} now (renamed or reordered parameters?); "
                     "the LSTM states would continue under the wrong nets"
                 )
-        routes = [route for _, _, route in self._param_routes()]
+        routes = [route for group in self.param_groups for route in self._routes_of(group)]
         lstm: dict[Any, Tensor] = {}
         stripped: dict[Any, Any] = {}
         for index, (saved_id, p, route) in enumerate(zip(saved_ids, params, routes)):

@@ -8,6 +8,7 @@ from torch import nn
 
 from l2l_lightning import CIFAR10Task, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, MetaLearner, RoutedNets
 from l2l_lightning.cli import main
+from l2l_lightning.compare import compare
 from l2l_lightning.optim.pretrained import export, load_net
 from tests.conftest import tiny_learner, tiny_trainer
 from tests.data.fixtures import TEST_OFFSET, write_cifar10
@@ -127,6 +128,8 @@ def test_separate_conv_and_fc_nets_meta_train_reload_and_deploy(root, tmp_path):
     hidden = {name: optimizer.state[p]["lstm"].shape[-1] for name, p in model.named_parameters()}
     assert hidden["0.weight"] == 4 and hidden["16.weight"] == 3  # each stepped by its own net (hidden 4 / 3)
     assert load_net(exported).config == reloaded.net.config
+    (result,) = compare([str(exported)], task, num_steps=3, num_problems=2, baselines=[], out_dir=None, progress=False)
+    assert result.curves.shape == (3, 2) and torch.isfinite(result.curves).all()  # l2l compare binds per network
 
 
 def test_the_config_file_runs_end_to_end_and_routing_typos_are_one_line_errors(root, tmp_path, capsys):
