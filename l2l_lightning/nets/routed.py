@@ -25,6 +25,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.spec import instantiate_net
@@ -105,14 +106,12 @@ class RoutedNets(nn.Module):
     def extra_repr(self) -> str:
         return f"routes={self.routes}"
 
-    def assign(
-        self, names: Sequence[str], module: Optional[nn.Module] = None, *, every_pattern: bool = True
-    ) -> dict[str, str]:
+    def assign(self, names: Sequence[str], module: Optional[nn.Module] = None) -> dict[str, str]:
         """``parameter name -> route`` (the first route with a matching pattern wins).
 
-        Raises :class:`ConfigError` if a parameter matches no route, or, with
-        ``every_pattern``, if a pattern matches no parameter (a typo would otherwise
-        silently send parameters to the wrong net).  ``type:`` patterns need ``module``.
+        Raises :class:`ConfigError` if a parameter matches no route, or if a pattern
+        matches no parameter (a typo would otherwise silently send parameters to the
+        wrong net).  ``type:`` patterns need ``module``.
         """
         owners = owner_types(module) if module is not None else {}
         assignment = {}
@@ -125,8 +124,7 @@ class RoutedNets(nn.Module):
                     + ". Add a pattern for it (a name pattern such as 'head.*' or 'type:ModuleClass')."
                 )
             assignment[name] = route
-        if every_pattern:
-            self.check_every_pattern_used(names, owners)
+        self.check_every_pattern_used(names, owners)
         return assignment
 
     def route_of(self, name: str, owners: Mapping[str, Sequence[str]]) -> Optional[str]:
@@ -200,9 +198,9 @@ class BoundNets:
         self.nets = list(routed.nets.values())
         self.index = [index[route] for route in routed.nets]
         order = torch.cat(self.index)
-        in_order = bool((order == torch.arange(numel, device=order.device)).all()) if numel else True
+        positions = torch.arange(numel, device=order.device)
         #: position in ``cat(route updates)`` of each coordinate; ``None`` if that is the identity
-        self.inverse = None if in_order else torch.empty_like(order).index_copy_(0, order, torch.arange(numel, device=order.device))
+        self.inverse = None if torch.equal(order, positions) else torch.empty_like(order).index_copy_(0, order, positions)
 
     def init_state(self, n: int, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Tensor, ...]:
         if n != self.numel:
@@ -228,6 +226,4 @@ class BoundNets:
 
     def __call__(self, grad: Tensor, state: Sequence[Any]) -> tuple[Tensor, tuple[Any, ...]]:
         update, layers = self.forward_split(grad, self.split_state(state))
-        return update, tuple(
-            new.to(old.dtype) if isinstance(new, Tensor) else new for new, old in zip(self.join_state(layers), state)
-        )
+        return update, tree_map(lambda new, old: new.to(old.dtype), self.join_state(layers), tuple(state))
