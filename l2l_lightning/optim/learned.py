@@ -267,12 +267,14 @@ class LearnedOptimizer(Optimizer):
         net = load_net(checkpoint)
         if net is checkpoint:
             net = copy.deepcopy(net)
-        for method in ("init_state", "state_shape"):
-            if not isinstance(net, RoutedNets) and not callable(getattr(net, method, None)):
-                raise ConfigError(
-                    f"checkpoint: {type(net).__name__} has no {method}() method; LearnedOptimizer needs a "
-                    "coordinatewise net with the CoordinatewiseLSTM interface (or RoutedNets of them)"
-                )
+        missing = [] if isinstance(net, RoutedNets) else [  # RoutedNets checks each of its nets when built
+            method for method in ("init_state", "state_shape") if not callable(getattr(net, method, None))
+        ]
+        if missing:
+            raise ConfigError(
+                f"checkpoint: {type(net).__name__} has no {missing[0]}() method; LearnedOptimizer needs a "
+                "coordinatewise net with the CoordinatewiseLSTM interface (or RoutedNets of them)"
+            )
         self._net: nn.Module = net.eval().requires_grad_(False)
         if module is not None and not isinstance(module, nn.Module):
             raise ConfigError(f"module must be the nn.Module the parameters belong to, got {type(module).__name__}")
