@@ -196,6 +196,8 @@ class BoundNets:
     def __init__(self, routed: RoutedNets, index: dict[str, Tensor], numel: int) -> None:
         self.routed, self.numel = routed, numel
         self.nets = list(routed.nets.values())
+        #: each net's ``forward_split`` (``None``: a net without one, called as ``net(grad, state)``)
+        self.splits = [getattr(net, "forward_split", None) for net in self.nets]
         self.index = [index[route] for route in routed.nets]
         order = torch.cat(self.index)
         positions = torch.arange(numel, device=order.device)
@@ -208,16 +210,15 @@ class BoundNets:
         return tuple(net.init_state(len(index), device=device, dtype=dtype) for net, index in zip(self.nets, self.index))
 
     def split_state(self, state: Sequence[Any]) -> list[Any]:
-        return [net.split_state(s) if hasattr(net, "forward_split") else s for net, s in zip(self.nets, state)]
+        return [net.split_state(s) if split else s for net, split, s in zip(self.nets, self.splits, state)]
 
     def join_state(self, layers: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(net.join_state(l) if hasattr(net, "forward_split") else l for net, l in zip(self.nets, layers))
+        return tuple(net.join_state(l) if split else l for net, split, l in zip(self.nets, self.splits, layers))
 
     def forward_split(self, grad: Tensor, layers: Sequence[Any]) -> tuple[Tensor, list[Any]]:
         updates, new_layers = [], []
-        for net, index, route_layers in zip(self.nets, self.index, layers):
+        for net, split, index, route_layers in zip(self.nets, self.splits, self.index, layers):
             route_grad = grad.index_select(0, index)
-            split = getattr(net, "forward_split", None)
             update, route_layers = split(route_grad, route_layers) if split else net(route_grad, route_layers)
             updates.append(update)
             new_layers.append(route_layers)

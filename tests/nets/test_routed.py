@@ -106,3 +106,34 @@ def test_bad_construction(nets, routes, match):
 def test_unbound_use_is_refused():
     with pytest.raises(TypeError, match="bind"):
         _routed()(torch.randn(3), None)
+
+
+class PlainNet(nn.Module):
+    """A coordinatewise net with only the basic interface (no forward_split / split_state)."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = CoordinatewiseLSTM(hidden_size=3, preprocess="none")
+
+    def init_state(self, n, device=None, dtype=None):
+        return self.inner.init_state(n, device=device, dtype=dtype)
+
+    def state_shape(self, n):
+        return self.inner.state_shape(n)
+
+    def forward(self, grad, state):
+        return self.inner(grad, state)
+
+
+def test_a_net_without_forward_split_is_called_plainly():
+    model = ConvNet()
+    plain = PlainNet()
+    routed = RoutedNets({"conv": CoordinatewiseLSTM(hidden_size=5), "fc": plain}, {"conv": ["features.*"], "fc": ["head.*"]})
+    bound = routed.bind(_layout(model), model)
+    n = sum(p.numel() for p in model.parameters())
+    conv_n = sum(p.numel() for name, p in model.named_parameters() if name.startswith("features"))
+    grad = torch.randn(n)
+    update, state = bound(grad, bound.init_state(n))
+    expected, expected_state = plain(grad[conv_n:], plain.init_state(n - conv_n))
+    torch.testing.assert_close(update[conv_n:], expected)
+    torch.testing.assert_close(state[1], expected_state)
