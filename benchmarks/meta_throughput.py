@@ -83,7 +83,7 @@ def previous_unroll(net, problem, theta, state, start_step, steps, second_deriva
 
 def per_tensor_unroll(net, problem: ModuleProblem, theta, state, start_step, steps, second_derivatives=False):
     """Per parameter tensor: its own gradient, its own net call and state (as public reproductions do)."""
-    sizes = [end - start for _, start, end, _ in problem.layout]
+    sizes = problem.layout.sizes
     thetas = [t.detach().requires_grad_(True) for t in theta.split(sizes)]
     states = [s.detach() for s in state.split(sizes, dim=2)]
 

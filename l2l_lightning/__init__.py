@@ -1,32 +1,66 @@
-"""l2l-lightning: learned optimizers (Andrychowicz et al., 2016) for PyTorch Lightning."""
+"""l2l-lightning: learned optimizers (Andrychowicz et al., 2016) for PyTorch Lightning.
 
-from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError
-from l2l_lightning.errors import CheckpointError, DatasetError, UnsupportedGradientError
-from l2l_lightning.meta import MetaLearner, evaluate_learned, unroll
-from l2l_lightning.nets import CoordinatewiseLSTM, RoutedNets
-from l2l_lightning.optim import LearnedOptimizer, LearnedOptimizerCallback
-from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, Problem, QuadraticTask, Task
+The public names below are imported on first use (PEP 562), so deploying a trained
+optimizer in a plain PyTorch loop (``from l2l_lightning import LearnedOptimizer``) loads
+neither Lightning nor the meta-training code, tasks, datasets or plotting.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CIFAR10Task",
-    "CheckpointError",
-    "ConfigError",
-    "CoordinatewiseLSTM",
-    "DatasetError",
-    "L2LError",
-    "LearnedOptimizer",
-    "LearnedOptimizerCallback",
-    "MNISTTask",
-    "MetaLearner",
-    "ModuleProblem",
-    "NonFiniteMetaLossError",
-    "Problem",
-    "QuadraticTask",
-    "RoutedNets",
-    "Task",
-    "UnsupportedGradientError",
-    "evaluate_learned",
-    "unroll",
-]
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "CIFAR10Task": "l2l_lightning.tasks",
+    "CheckpointError": "l2l_lightning.errors",
+    "ConfigError": "l2l_lightning.errors",
+    "CoordinatewiseLSTM": "l2l_lightning.nets",
+    "DatasetError": "l2l_lightning.errors",
+    "GlobalAveragingLSTM": "l2l_lightning.nets",
+    "L2LError": "l2l_lightning.errors",
+    "Layout": "l2l_lightning.nets",
+    "LearnedOptimizer": "l2l_lightning.optim.learned",
+    "LearnedOptimizerCallback": "l2l_lightning.optim.callback",
+    "LearnedOptimizerNet": "l2l_lightning.nets",
+    "MNISTTask": "l2l_lightning.tasks",
+    "MetaLearner": "l2l_lightning.meta.module",
+    "ModuleProblem": "l2l_lightning.tasks",
+    "NonFiniteMetaLossError": "l2l_lightning.errors",
+    "Problem": "l2l_lightning.tasks",
+    "QuadraticTask": "l2l_lightning.tasks",
+    "RoutedNets": "l2l_lightning.nets",
+    "Segment": "l2l_lightning.nets",
+    "Task": "l2l_lightning.tasks",
+    "UnsupportedGradientError": "l2l_lightning.errors",
+    "evaluate_learned": "l2l_lightning.meta.unroll",
+    "unroll": "l2l_lightning.meta.unroll",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'l2l_lightning' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly
+    from l2l_lightning.errors import (
+        CheckpointError, ConfigError, DatasetError, L2LError, NonFiniteMetaLossError, UnsupportedGradientError,
+    )
+    from l2l_lightning.meta.module import MetaLearner
+    from l2l_lightning.meta.unroll import evaluate_learned, unroll
+    from l2l_lightning.nets import CoordinatewiseLSTM, GlobalAveragingLSTM, Layout, LearnedOptimizerNet, RoutedNets, Segment
+    from l2l_lightning.optim.callback import LearnedOptimizerCallback
+    from l2l_lightning.optim.learned import LearnedOptimizer
+    from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, Problem, QuadraticTask, Task

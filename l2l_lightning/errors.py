@@ -5,6 +5,8 @@ library users can catch them by type.  They subclass the builtin they refine so
 that ``except ValueError`` keeps working.
 """
 
+from typing import Any
+
 
 class L2LError(Exception):
     """Base class of every error l2l-lightning raises on purpose."""
@@ -28,3 +30,13 @@ class UnsupportedGradientError(L2LError, TypeError):
 
 class DatasetError(L2LError, OSError):
     """A dataset's files are missing, truncated or corrupt; the message names the files and how to get them."""
+
+
+def check_positive_int(name: str, value: Any, what: str = "") -> int:
+    """``value`` if it is a positive integer (not a bool), else a :class:`ConfigError` naming ``name``.
+
+    Every integer setting (sizes, counts, steps) is checked here, so the message is the same everywhere.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive integer{what}")
+    return value

@@ -31,13 +31,13 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError
+from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
 from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
+from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
-from l2l_lightning.nets.routed import RoutedNets
-from l2l_lightning.nets.spec import instantiate_net
+from l2l_lightning.serialization import NET_KEY, instantiate_net
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -48,15 +48,10 @@ class _Carry:
     """What one truncation hands to the next: the same problem, continued."""
 
     problem: Problem
-    net: Any  #: ``self.net``, bound to the problem if it routes parameters (see ``unroll.bind``)
+    net: LearnedOptimizerNet  #: ``self.net`` bound to the problem's layout (see ``unroll.bind``)
     theta: Tensor
     state: Any
     step: int
-
-
-def _check_positive_int(name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"MetaLearner: {name}={value!r} must be a positive integer")
 
 
 def loss_weights_for(spec: LossWeights, num_steps: int) -> Tensor:
@@ -87,9 +82,9 @@ def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
 
 
 def _check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:
-    if not isinstance(checkpoint, dict) or "l2l_net" not in checkpoint:
+    if not isinstance(checkpoint, dict) or NET_KEY not in checkpoint:
         raise ConfigError(
-            f"{where} is not a checkpoint of l2l_lightning.MetaLearner (it has no 'l2l_net' entry); "
+            f"{where} is not a checkpoint of l2l_lightning.MetaLearner (it has no {NET_KEY!r} entry); "
             "pass a .ckpt written while meta-training with `l2l fit` or MetaLearner"
         )
 
@@ -112,9 +107,11 @@ class MetaLearner(L.LightningModule):
 
     Args:
         task: the distribution of optimizees (e.g. :class:`~l2l_lightning.tasks.QuadraticTask`).
-        net: the learned optimizer; default ``CoordinatewiseLSTM()`` with the paper's settings.
-            :class:`~l2l_lightning.nets.RoutedNets` gives separate nets to separate parameters
-            of a module optimizee (the paper's conv / fully connected LSTMs for CIFAR-10).
+        net: the learned optimizer, any :class:`~l2l_lightning.nets.LearnedOptimizerNet`
+            (``model.net.class_path: mypackage.MyNet`` in YAML); default ``CoordinatewiseLSTM()``
+            with the paper's settings.  :class:`~l2l_lightning.nets.GlobalAveragingLSTM` is the
+            paper's LSTM+GAC; :class:`~l2l_lightning.nets.RoutedNets` gives separate nets to
+            separate parameters of a module optimizee (the paper's conv / FC LSTMs for CIFAR-10).
         num_steps: horizon: inner steps per optimizee before a fresh one is drawn (paper: 100).
         unroll: inner steps per truncation, i.e. per meta-update (paper: 20); must divide ``num_steps``.
         second_derivatives: back-propagate through the optimizee's gradient too (paper: off).
@@ -144,7 +141,7 @@ class MetaLearner(L.LightningModule):
     def __init__(
         self,
         task: Task,
-        net: Optional[Union[CoordinatewiseLSTM, RoutedNets]] = None,
+        net: Optional[LearnedOptimizerNet] = None,
         num_steps: int = 100,
         unroll: int = 20,
         second_derivatives: bool = False,
@@ -167,7 +164,7 @@ class MetaLearner(L.LightningModule):
             ("test_problems", test_problems),
             ("max_nonfinite_in_row", max_nonfinite_in_row),
         ):
-            _check_positive_int(name, value)
+            check_positive_int(f"MetaLearner: {name}", value)
         if num_steps % unroll:
             raise ConfigError(
                 f"MetaLearner: num_steps={num_steps} is not a multiple of unroll={unroll}; "
@@ -177,6 +174,11 @@ class MetaLearner(L.LightningModule):
             raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
         if not isinstance(task, Task):
             raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
+        if net is not None and not isinstance(net, LearnedOptimizerNet):
+            raise ConfigError(
+                f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
+                "l2l_lightning.nets.LearnedOptimizerNet (see the README's 'Your own learned optimizer')"
+            )
         self.task = task
         self.net = net if net is not None else CoordinatewiseLSTM()
         self._save_hyperparameters_as_data(meta_optimizer)
@@ -227,8 +229,8 @@ class MetaLearner(L.LightningModule):
         if carry is None or carry.step >= self.num_steps:
             problem = self.task.sample(self._generator, self.device, split="train")
             theta = problem.initial_params()
-            net = bind(self.net, problem, device=self.device)
-            carry = _Carry(problem, net, theta, net.init_state(theta.numel(), device=self.device), 0)
+            net = bind(self.net, problem)
+            carry = _Carry(problem, net, theta, net.init_state(problem.layout, device=self.device), 0)
         return carry
 
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
@@ -385,7 +387,7 @@ class MetaLearner(L.LightningModule):
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the net, so deployment needs no MetaLearner to read it."""
-        checkpoint["l2l_net"] = self.net.spec
+        checkpoint[NET_KEY] = self.net.spec
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
@@ -398,7 +400,7 @@ class MetaLearner(L.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
         _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
-        spec = checkpoint["l2l_net"]
+        spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
-            self.net = instantiate_net(spec, "the checkpoint's l2l_net").to(self.device)
+            self.net = instantiate_net(spec, f"the checkpoint's {NET_KEY}").to(self.device)
             self._carry = None

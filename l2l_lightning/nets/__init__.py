@@ -1,7 +1,21 @@
-"""Learned optimizer networks: plain ``nn.Module``s with a functional, state-passing core."""
+"""Learned optimizer networks: the interface (:mod:`~l2l_lightning.nets.base`) and the paper's nets."""
 
+from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.nets.gac import GlobalAveragingLSTM
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM, FusedLSTMCell
 from l2l_lightning.nets.preprocessing import PREPROCESS_NAMES, preprocess
 from l2l_lightning.nets.routed import BoundNets, RoutedNets
 
-__all__ = ["BoundNets", "CoordinatewiseLSTM", "FusedLSTMCell", "PREPROCESS_NAMES", "RoutedNets", "preprocess"]
+__all__ = [
+    "BoundNets",
+    "ChunkKernel",
+    "CoordinatewiseLSTM",
+    "FusedLSTMCell",
+    "GlobalAveragingLSTM",
+    "Layout",
+    "LearnedOptimizerNet",
+    "PREPROCESS_NAMES",
+    "RoutedNets",
+    "Segment",
+    "preprocess",
+]

@@ -32,16 +32,15 @@ from __future__ import annotations
 
 import functools
 import math
-import threading
-import warnings
-from collections.abc import Callable, Sequence
-from typing import Any, Optional, Union
+from collections.abc import Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, Segment, as_layout
 from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess, preprocess_into
 
 
@@ -222,7 +221,7 @@ class FusedLSTMCell(nn.Module):
         return _LSTMCellFunction.apply(x, h, c, weight, bias)
 
 
-class CoordinatewiseLSTM(nn.Module):
+class CoordinatewiseLSTM(LearnedOptimizerNet):
     """Learned optimizer ``m_φ``: gradient coordinate in, that coordinate's update out.
 
     Args:
@@ -239,6 +238,8 @@ class CoordinatewiseLSTM(nn.Module):
     easy to detach, store, move and slice by coordinate.
     """
 
+    coordinate_dim = 2
+
     def __init__(
         self,
         hidden_size: int = 20,
@@ -249,8 +250,7 @@ class CoordinatewiseLSTM(nn.Module):
     ) -> None:
         super().__init__()
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"{name}={value!r} must be a positive integer")
+            check_positive_int(name, value)
         check_preprocess(preprocess, p)
         if not (isinstance(output_scale, (int, float)) and math.isfinite(output_scale) and output_scale > 0):
             raise ConfigError(f"output_scale={output_scale!r} must be a positive finite number")
@@ -262,11 +262,6 @@ class CoordinatewiseLSTM(nn.Module):
         sizes = [num_features(preprocess)] + [hidden_size] * (num_layers - 1)
         self.cells = nn.ModuleList(FusedLSTMCell(size, hidden_size) for size in sizes)
         self.output = nn.Linear(hidden_size, 1)
-
-    @property
-    def spec(self) -> dict[str, Any]:
-        """``{"class_path", "init_args"}``: the net's settings as plain data, for checkpoints."""
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.config}
 
     @property
     def config(self) -> dict[str, Any]:
@@ -284,14 +279,6 @@ class CoordinatewiseLSTM(nn.Module):
 
     def state_shape(self, n: int) -> tuple[int, int, int, int]:
         return (self.num_layers, 2, n, self.hidden_size)
-
-    def init_state(
-        self, n: int, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
-    ) -> Tensor:
-        """Zero state for ``n`` coordinates (the paper's initial state)."""
-        if n < 0:
-            raise ConfigError(f"n={n} coordinates: must be >= 0")
-        return torch.zeros(self.state_shape(n), device=device, dtype=dtype or torch.float32)
 
     def split_state(self, state: Tensor) -> list[tuple[Tensor, Tensor]]:
         """``[(h, c)]`` per layer, views of a ``(num_layers, 2, n, hidden)`` state."""
@@ -312,12 +299,14 @@ class CoordinatewiseLSTM(nn.Module):
         """The dtype the arithmetic runs in: the wider of the gradient's and the net's."""
         return torch.promote_types(grad_dtype, self.output.weight.dtype)
 
-    def forward(self, grad: Tensor, state: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, grad: Tensor, state: Tensor, layout: "Layout | int | None" = None) -> tuple[Tensor, Tensor]:
         """One optimizer step for ``n`` coordinates.
 
         Args:
             grad: 1-D gradient of ``n`` coordinates, any float dtype.
             state: ``(num_layers, 2, n, hidden_size)`` from :meth:`init_state` or a previous call.
+            layout: the tensors behind ``grad`` (default: one flat tensor); the plain LSTM is
+                coordinatewise and only checks its size, nets built on it may use it.
 
         Returns:
             ``(update, new_state)``: the update has ``grad``'s shape and dtype (apply it as
@@ -335,11 +324,11 @@ class CoordinatewiseLSTM(nn.Module):
                 f"state has shape {tuple(state.shape)}, expected {self.state_shape(n)} for {n} coordinates; "
                 "create it with net.init_state(n)"
             )
-        update, layers = self.forward_split(grad, self.split_state(state))
+        update, layers = self.forward_split(grad, self.split_state(state), layout)
         return update, self.join_state(layers).to(state.dtype)
 
     def forward_split(
-        self, grad: Tensor, layers: list[tuple[Tensor, Tensor]]
+        self, grad: Tensor, layers: list[tuple[Tensor, Tensor]], layout: "Layout | int | None" = None
     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """:meth:`forward` on a state kept as ``[(h, c)]`` per layer (see :meth:`split_state`).
 
@@ -347,11 +336,13 @@ class CoordinatewiseLSTM(nn.Module):
         ``select`` backward (which materialises zeros) per inner step.  The returned
         ``h, c`` are in the compute dtype.
         """
+        layout = as_layout(grad.shape[0] if layout is None else layout)
+        layout.check(grad)
         compute_dtype = self.compute_dtype(grad.dtype)
         x = preprocess(grad.to(compute_dtype), self.preprocess, self.p)
         new_layers = []
-        for cell, (h, c) in zip(self.cells, layers):
-            h, c = cell(x, h.to(compute_dtype), c.to(compute_dtype))
+        for index, (cell, (h, c)) in enumerate(zip(self.cells, layers)):
+            h, c = cell(x, self.recurrent_input(index, h.to(compute_dtype), layout), c.to(compute_dtype))
             new_layers.append((h, c))
             x = h
         weight, bias = self.output.weight, self.output.bias
@@ -360,286 +351,125 @@ class CoordinatewiseLSTM(nn.Module):
         update = torch.addmm(bias, x, weight.t()).squeeze(1) * self.output_scale
         return update.to(grad.dtype), new_layers
 
+
+    def recurrent_input(self, layer: int, h: Tensor, layout: Layout) -> Tensor:
+        """The previous hidden state as layer ``layer`` reads it (the plain LSTM: as it is).
+
+        The hook where nets built on this one let coordinates share information
+        (:class:`~l2l_lightning.nets.gac.GlobalAveragingLSTM` averages some cells).
+        """
+        return h
+
     # ------------------------------------------------------------ deployment step
-    @torch.no_grad()
-    @torch.autocast("cpu", enabled=False)
-    @torch.autocast("cuda", enabled=False)
     def step_inplace(
         self,
         grad: Tensor,
-        state: Union[Tensor, Sequence[Tensor]],
-        out: Optional[Tensor] = None,
-        chunk_size: Optional[int] = None,
+        states: "Tensor | Sequence[Tensor]",
+        layout: "Layout | int | None" = None,
         *,
-        compile: bool = False,
+        out: Optional[Tensor] = None,
         keep: Optional[Tensor] = None,
-        threads: Optional[int] = None,
+        options: Any = None,
     ) -> Tensor:
-        """:meth:`forward` without autograd, in cache-sized chunks, updating the state in place.
+        """:meth:`forward` without autograd, in cache-sized chunks, updating the states in place.
 
         Args:
             grad: 1-D gradient of ``n`` coordinates.
-            state: one ``(num_layers, 2, n, hidden)`` tensor, or a sequence of such tensors
-                whose coordinate counts add up to ``n`` (e.g. one per parameter, in ``grad``'s
-                order); any float dtype each (bf16 is computed in float32 and rounded back).
+            states: one ``(num_layers, 2, n_i, hidden)`` state per tensor of ``layout``
+                (default layout: one tensor per state, in ``grad``'s order); any float dtype
+                each (bf16 is computed in float32 and rounded back).
             out: where to write the update (``(n,)``, ``grad``'s dtype); allocated if ``None``.
-            chunk_size: rows per chunk; default :data:`DEFAULT_CHUNK_SIZE` for the device.
-            compile: run each chunk through ``torch.compile`` (falls back to eager, with one
-                warning, where compilation fails).
             keep: optional 0-d bool tensor on the device; where it is ``False`` the states are
                 left as they were, decided on the device without a host synchronisation.
-            threads: CPU threads to share the chunks over (default ``torch.get_num_threads()``).
-                Each chunk runs single-threaded: see :func:`_run_chunks_in_threads` for why.
+            options: :class:`~l2l_lightning.optim.runtime.StepOptions` (chunk size, compile, threads).
 
-        Returns ``out``.  Temporary memory is ``O(chunk_size)`` besides ``out``: gate
-        activations are never materialised for all ``n`` coordinates.  Chunks that lie
-        inside one float32/float64 state tensor are computed directly in it; the others
-        (bf16 states, pieces of small tensors) go through a float32 workspace.
-
-        A coordinate whose update comes out non-finite (the net diverged there; finite
-        gradients cannot do that to a sane net) gets a zero state, so it cannot poison
-        later steps.  Its ``out`` entry is left non-finite for the caller to see.
+        The chunking, threads, compilation and the reset of diverged coordinates are the
+        deployment runtime's (:func:`l2l_lightning.optim.runtime.step_chunked`); this net
+        contributes its kernel (:meth:`chunk_kernel`).
         """
+        from l2l_lightning.optim.runtime import check_states, step_chunked  # nets/ does not need optim/ otherwise
+
         self._check(grad)
-        n = grad.shape[0]
-        segments = [state] if isinstance(state, Tensor) else list(state)
-        hidden, layers = self.hidden_size, self.num_layers
-        total = 0
-        for seg in segments:
-            if seg.dim() != 4 or tuple(seg.shape[:2]) != (layers, 2) or seg.shape[3] != hidden:
-                raise ValueError(
-                    f"a state has shape {tuple(seg.shape)}, expected ({layers}, 2, n_i, {hidden}); "
-                    "create it with net.init_state(n_i)"
-                )
-            total += seg.shape[2]
-        if total != n:
-            raise ValueError(f"the states hold {total} coordinates, the gradient {n}")
-        device = grad.device
-        chunk_size = check_chunk_size(DEFAULT_CHUNK_SIZE.get(device.type, 2**16) if chunk_size is None else chunk_size)
-        if out is None:
-            out = torch.empty_like(grad)
-        elif out.shape != grad.shape:
-            raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(grad.shape)}")
-        if n == 0:
-            return out
-        dtype = self.compute_dtype(grad.dtype)
-        rows = min(chunk_size, n)
-        masked = keep is not None
-        reset_always = masked or device.type != "cpu"  # a host check per chunk would sync a GPU
-        weights = self._inference_weights(dtype, device)
-        runner = _compiled_runner(self) if compile else None
+        states = [states] if isinstance(states, Tensor) else list(states)
+        if layout is None:
+            layout = Layout.flat(grad.shape[0]) if len(states) == 1 else _layout_of_states(states, self.coordinate_dim)
+        layout = as_layout(layout)
+        kernel = self.chunk_kernel(self.compute_dtype(grad.dtype), grad.device)
+        check_states(kernel, grad, states, layout)
+        return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
 
-        def run(
-            work: _Workspace, g: Tensor, c: int, hs: list[Tensor], cs: list[Tensor], flat: list[tuple[int, int, int]]
-        ) -> None:
-            """Compute one chunk of ``c`` rows whose state views are ``hs, cs``; write ``out``."""
-            if runner is not None and runner.active:
-                u = runner(self, work, g, c, weights)
-            else:
-                u = self._chunk_eager(work, g, c, hs, cs, weights)
-            bad = ~torch.isfinite(u)
-            if reset_always or bool(bad.any()):
-                column = bad.unsqueeze(1)
-                for t in (*hs, *cs):
-                    t.masked_fill_(column, 0)
-            for out_start, row_start, length in flat:
-                out[out_start : out_start + length].copy_(u[row_start : row_start + length])
-
-        def direct(work: _Workspace, seg: Tensor, pos: int, flat_start: int, c: int) -> None:
-            """A chunk inside one state tensor of the compute dtype: computed in place."""
-            hs = [seg[layer, 0, pos : pos + c] for layer in range(layers)]
-            cs = [seg[layer, 1, pos : pos + c] for layer in range(layers)]
-            run(work, grad[flat_start : flat_start + c].to(dtype), c, hs, cs, [(flat_start, 0, c)])
-
-        def gathered(work: _Workspace, pieces: list[tuple[Tensor, int, int, int]]) -> None:
-            """Pieces ``(state, start, flat start, length)`` copied into the workspace, computed, copied back."""
-            c = sum(piece[3] for piece in pieces)
-            g = work.grad[:c]
-            flat, row = [], 0
-            for seg, start, flat_start, length in pieces:
-                g[row : row + length].copy_(grad[flat_start : flat_start + length])
-                work.state[:, :, row : row + length].copy_(seg[:, :, start : start + length])
-                flat.append((flat_start, row, length))
-                row += length
-            hs = [work.state[layer, 0, :c] for layer in range(layers)]
-            cs = [work.state[layer, 1, :c] for layer in range(layers)]
-            run(work, g, c, hs, cs, flat)
-            row = 0
-            for seg, start, _, length in pieces:
-                new = work.state[:, :, row : row + length]
-                target = seg[:, :, start : start + length]
-                target.copy_(torch.where(keep, new, target) if masked else new)
-                row += length
-
-        # Plan.  Chunks inside one state of the compute dtype run in place; a tail of at least
-        # ``min_direct`` rows too (one more chunk, but no copies); smaller tails and small tensors
-        # are packed together through the workspace, so many small parameters still make full chunks.
-        direct_ok = not masked and runner is None
-        min_direct = max(1, rows // 4)
-        tasks: list[tuple[Any, ...]] = []
-        pending: list[tuple[Tensor, int, int, int]] = []  # (segment, start in it, flat start, length)
-        pending_rows = offset = 0
-        for seg in segments:
-            size, pos = seg.shape[2], 0
-            rows_contiguous = seg.stride(3) == 1 and seg.stride(2) == hidden
-            if direct_ok and seg.dtype == dtype and seg.device == device and rows_contiguous:
-                while size - pos >= min_direct:
-                    c = min(rows, size - pos)
-                    tasks.append((direct, seg, pos, offset + pos, c))
-                    pos += c
-            while pos < size:
-                length = min(size - pos, rows - pending_rows)
-                pending.append((seg, pos, offset + pos, length))
-                pending_rows += length
-                pos += length
-                if pending_rows == rows:
-                    tasks.append((gathered, pending))
-                    pending, pending_rows = [], 0
-            offset += size
-        if pending:
-            tasks.append((gathered, pending))
-
-        # Run.  On CPU each chunk's ops run single-threaded and the chunks are shared out over
-        # torch.get_num_threads() threads: OpenMP inside ~40 small ops per chunk means a barrier
-        # per op, and one busy core elsewhere (a shared machine, several processes per node)
-        # then stalls every barrier for a scheduler time slice — ~100× slower, measured.
-        # Independent chunks need no barrier: a stalled thread only delays its own chunk.
-        if device.type != "cpu" or runner is not None:
-            work = _Workspace(self, rows, dtype, device, zero=runner is not None)
-            for fn, *args in tasks:
-                fn(work, *args)
-            return out
-        _run_chunks_in_threads(tasks, lambda: _Workspace(self, rows, dtype, device), threads or torch.get_num_threads())
-        return out
-
-    def _inference_weights(self, dtype: torch.dtype, device: torch.device) -> list[Tensor]:
-        """Per layer ``W, b`` (g rows doubled, see :func:`_gate_weights`), then the output's ``w, b``."""
-        weights = []
-        for cell in self.cells:
-            to = functools.partial(Tensor.to, device=device, dtype=dtype)
-            weights += _gate_weights(to(cell.weight), to(cell.bias), self.hidden_size)
-        weights += [self.output.weight.to(device=device, dtype=dtype), self.output.bias.to(device=device, dtype=dtype)]
-        return weights
-
-    def _chunk_eager(
-        self, work: "_Workspace", g: Tensor, c: int, hs: list[Tensor], cs: list[Tensor], weights: list[Tensor]
-    ) -> Tensor:
-        """One chunk in place: ``hs, cs`` (``(c, hidden)`` views) advance; returns the update ``(c,)``."""
-        hidden = self.hidden_size
-        x = work.xh[0][:c]
-        preprocess_into(g, self.preprocess, self.p, x[:, : x.shape[1] - hidden])
-        for layer in range(self.num_layers):
-            xh = work.xh[layer][:c]
-            xh[:, xh.shape[1] - hidden :].copy_(hs[layer])
-            weight, bias = weights[2 * layer], weights[2 * layer + 1]
-            # tanh(g) overwrites σ(2g) in place (g's columns of s): no separate buffer
-            _cell_(xh, weight, bias, cs[layer], hidden, cs[layer], hs[layer], hs[layer])
-            if layer + 1 < self.num_layers:
-                work.xh[layer + 1][:c, :hidden].copy_(hs[layer])
-        update = work.update[:c]
-        torch.addmm(weights[-1], hs[-1], weights[-2].t(), out=update)
-        return update.squeeze(1).mul_(self.output_scale)
+    def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> ChunkKernel:
+        """The LSTM's arithmetic for one chunk (weights converted once, g rows doubled)."""
+        return _LSTMKernel(self, dtype, device)
 
 
-#: Rows per chunk of :meth:`CoordinatewiseLSTM.step_inplace`, by device type.  On CPU a
-#: chunk's gate activations (``rows × 4·hidden`` floats, 2.6 MB at 8192 × 80) stay in
-#: L2/L3; on GPUs a chunk only has to be big enough to fill the device.
-DEFAULT_CHUNK_SIZE: dict[str, int] = {"cpu": 8192, "cuda": 2**18}
+def _layout_of_states(states: Sequence[Tensor], dim: int) -> Layout:
+    """A layout with one flat tensor per state (deployment without names: every tensor its own segment)."""
+    return Layout(Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states))
 
 
-def check_chunk_size(chunk_size: Any) -> int:
-    """``chunk_size`` if it is a positive integer, else :class:`ConfigError`."""
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ConfigError(f"chunk_size={chunk_size!r} must be a positive integer (rows of coordinates per chunk)")
-    return chunk_size
+class _LSTMKernel(ChunkKernel):
+    """:class:`CoordinatewiseLSTM`'s chunk arithmetic: ``[input, h]`` buffers per layer, in place.
 
-
-class _Workspace:
-    """The chunk-sized buffers of one :meth:`CoordinatewiseLSTM.step_inplace` call.
-
-    ``grad`` and ``state`` (the gather buffers) are allocated on first use: a step whose
-    chunks all lie inside float32 states never needs them.
+    Each layer is one matrix product on ``[input, h]`` and one ``sigmoid`` (:func:`_cell_`),
+    writing the new ``c`` and ``h`` straight into the chunk's state view.
     """
 
-    def __init__(
-        self, net: CoordinatewiseLSTM, rows: int, dtype: torch.dtype, device: torch.device, zero: bool = False
-    ) -> None:
+    coordinate_dim = 2
+
+    def __init__(self, net: CoordinatewiseLSTM, dtype: torch.dtype, device: torch.device) -> None:
+        self.net, self.dtype = net, dtype
+        self.layout: Optional[Layout] = None
+        to = functools.partial(Tensor.to, device=device, dtype=dtype)
+        weights = []
+        for cell in net.cells:
+            weights += _gate_weights(to(cell.weight), to(cell.bias), net.hidden_size)
+        weights += [to(net.output.weight), to(net.output.bias)]
+        self.weights = weights
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        return self.net.state_shape(n)
+
+    def prepare(self, states: Sequence[Tensor], layout: Layout) -> None:
+        self.layout = layout
+
+    def buffers(self, rows: int, device: torch.device) -> dict[str, Any]:
+        net = self.net
         hidden = net.hidden_size
-        self._empty = functools.partial(torch.empty, dtype=dtype, device=device)
-        self._state_shape = net.state_shape(rows)
         widths = [num_features(net.preprocess)] + [hidden] * (net.num_layers - 1)
-        self.xh = [self._empty(rows, width + hidden) for width in widths]
-        self.update = self._empty(rows, 1)
-        self._grad: Optional[Tensor] = None
-        self._state: Optional[Tensor] = None
-        if zero:  # the compiled path computes all rows, stale ones included
-            self.grad.zero_()
-            self.state.zero_()
+        empty = functools.partial(torch.empty, dtype=self.dtype, device=device)
+        return {"xh": [empty(rows, width + hidden) for width in widths], "update": empty(rows, 1)}
 
-    @property
-    def grad(self) -> Tensor:
-        if self._grad is None:
-            self._grad = self._empty(self._state_shape[2])
-        return self._grad
+    def recurrent(self, layer: int, xh_h: Tensor, h: Tensor, rows: Sequence[tuple[int, int, int, int]]) -> None:
+        """Write layer ``layer``'s recurrent input into ``xh_h`` (the h columns of its buffer)."""
+        xh_h.copy_(h)
 
-    @property
-    def state(self) -> Tensor:
-        if self._state is None:
-            self._state = self._empty(self._state_shape)
-        return self._state
+    def __call__(self, buffers: dict[str, Any], g: Tensor, state: Tensor, rows: Sequence[tuple[int, int, int, int]]) -> Tensor:
+        net, weights = self.net, self.weights
+        hidden, c = net.hidden_size, g.shape[0]
+        x = buffers["xh"][0][:c]
+        preprocess_into(g, net.preprocess, net.p, x[:, : x.shape[1] - hidden])
+        for layer in range(net.num_layers):
+            h_state, c_state = state[layer, 0], state[layer, 1]
+            xh = buffers["xh"][layer][:c]
+            self.recurrent(layer, xh[:, xh.shape[1] - hidden :], h_state, rows)
+            # tanh(g) overwrites σ(2g) in place (g's columns of s): no separate buffer
+            _cell_(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, c_state, h_state, h_state)
+            if layer + 1 < net.num_layers:
+                buffers["xh"][layer + 1][:c, :hidden].copy_(h_state)
+        update = buffers["update"][:c]
+        torch.addmm(weights[-1], state[net.num_layers - 1, 0], weights[-2].t(), out=update)
+        return update.squeeze(1).mul_(net.output_scale)
 
-
-#: ATen uses OpenMP here, whose thread count is per calling thread (the chunk threads rely on it).
-_OPENMP = "parallel backend: OpenMP" in torch.__config__.parallel_info()
-
-
-def _run_chunks_in_threads(tasks: list[tuple[Any, ...]], workspace: Callable[[], _Workspace], threads: int) -> None:
-    """Run ``fn(work, *args)`` for every task on up to ``threads`` threads, each with its own
-    workspace and one intra-op thread; the caller's intra-op thread count is restored."""
-    if not _OPENMP:  # thread counts are process-wide there (and cannot change once set): run in order
-        buffers = workspace()
-        for task in tasks:
-            task[0](buffers, *task[1:])
-        return
-    caller_threads = torch.get_num_threads()
-    workers = max(1, min(threads, len(tasks) // 2))  # a thread of its own pays from two chunks on
-    queue = iter(tasks)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def work() -> None:
-        torch.set_num_threads(1)  # OpenMP/MKL thread counts are per calling thread
-        # grad mode and autocast are thread-local too: a helper thread starts with the defaults
-        with torch.no_grad(), torch.autocast("cpu", enabled=False):
-            buffers = workspace()
-            while not errors:
-                with lock:
-                    task = next(queue, None)
-                if task is None:
-                    return
-                try:
-                    task[0](buffers, *task[1:])
-                except BaseException as error:  # noqa: BLE001 - re-raised in the caller's thread
-                    errors.append(error)
-
-    helpers = [threading.Thread(target=work, daemon=True) for _ in range(workers - 1)]
-    try:
-        for helper in helpers:
-            helper.start()
-        work()
-        for helper in helpers:
-            helper.join()
-    finally:
-        torch.set_num_threads(caller_threads)
-    if errors:
-        raise errors[0]
+    def functional(self) -> Optional[tuple[Any, tuple[Any, ...]]]:
+        net = self.net
+        return _chunk_functional, (self.weights, net.preprocess, net.p, net.output_scale)
 
 
-# ---------------------------------------------------------------- torch.compile
 def _chunk_functional(
     g: Tensor, state: Tensor, weights: list[Tensor], preprocess_name: str, p: float, output_scale: float
 ) -> tuple[Tensor, Tensor]:
-    """The chunk arithmetic of :meth:`CoordinatewiseLSTM._chunk_eager` as a pure function (for ``torch.compile``)."""
+    """The chunk arithmetic of :class:`_LSTMKernel` as a pure function (for ``torch.compile``)."""
     layers, hidden = state.shape[0], state.shape[3]
     x = preprocess(g, preprocess_name, p)
     new = []
@@ -650,49 +480,3 @@ def _chunk_functional(
         x = h
     update = torch.addmm(weights[-1], x, weights[-2].t()).squeeze(1) * output_scale
     return update, torch.stack(new).view(state.shape)
-
-
-class _CompiledRunner:
-    """``torch.compile``d chunk function over a whole workspace; eager forever after one failure."""
-
-    def __init__(self, key: tuple[Any, ...]) -> None:
-        self.key = key
-        self.active = True
-        self.fn: Optional[Callable[..., Any]] = None
-
-    def disable(self, error: BaseException) -> None:
-        self.active = False
-        warnings.warn(
-            f"torch.compile is unavailable or failed for the learned optimizer's step ({type(error).__name__}: "
-            f"{error}); falling back to eager (same results, slower on GPUs). Pass compile=False to silence this.",
-            RuntimeWarning,
-            stacklevel=4,
-        )
-
-    def __call__(self, net: CoordinatewiseLSTM, work: _Workspace, g: Tensor, c: int, weights: list[Tensor]) -> Tensor:
-        """Run on the whole workspace (``g`` is ``work.grad[:c]``; rows past ``c`` are stale and ignored)."""
-        try:
-            if self.fn is None:
-                self.fn = torch.compile(_chunk_functional, fullgraph=True)  # automatic dynamic shapes: few recompiles
-            update, new_state = self.fn(work.grad, work.state, weights, net.preprocess, net.p, net.output_scale)
-        except Exception as error:  # noqa: BLE001 - any compiler failure means: run eagerly
-            self.disable(error)
-            hs = [work.state[layer, 0, :c] for layer in range(net.num_layers)]
-            cs = [work.state[layer, 1, :c] for layer in range(net.num_layers)]
-            return net._chunk_eager(work, g, c, hs, cs, weights)
-        work.state.copy_(new_state)
-        out = work.update[:, 0]
-        out.copy_(update)
-        return out[:c]
-
-
-_RUNNERS: dict[tuple[Any, ...], _CompiledRunner] = {}
-
-
-def _compiled_runner(net: CoordinatewiseLSTM) -> _CompiledRunner:
-    """One runner per net configuration and process: a failed compilation warns once."""
-    key = (type(net), net.num_layers, net.hidden_size, net.preprocess, net.p, net.output_scale)
-    runner = _RUNNERS.get(key)
-    if runner is None:
-        runner = _RUNNERS[key] = _CompiledRunner(key)
-    return runner

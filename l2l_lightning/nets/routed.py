@@ -3,59 +3,51 @@
 For CIFAR-10 the paper trains two LSTMs that share nothing, one for the convolutional
 parameters and one for the fully connected ones, because a single coordinatewise LSTM
 was not enough.  :class:`RoutedNets` is the general form: named nets plus routing rules
-that send each optimizee parameter to exactly one of them.
+that send each optimizee tensor to exactly one of them.
 
-A rule is a list of patterns matched against a parameter's dotted name
+A rule is a list of patterns matched against a tensor's dotted name
 (``fnmatch``-style, e.g. ``"classifier.*"``) or, with a ``type:`` prefix, against the
 class of the module that owns it, including base classes (``"type:_ConvNd"``,
 ``"type:Linear"``, ``"type:BatchNorm2d"``).  Routes are tried in order and the first
-match wins; a parameter no route matches, or a pattern that matches nothing, is an
-error, so a typo never silently leaves parameters to the wrong net.
+match wins; a tensor no route matches, or a pattern that matches nothing, is an
+error, so a typo never silently leaves parameters to the wrong net.  A segment may
+also carry its route explicitly (a deployed param group's ``"route"`` key).
 
-Which parameter is where in a flat vector depends on the optimizee, so the nets are
-*bound* to a layout first: :meth:`RoutedNets.bind` returns a :class:`BoundNets` with the
-same functional interface as a single net (``init_state(n)``, ``update, state =
-bound(grad, state)``), its state a tuple with one entry per route.
+The routing reads the :class:`~l2l_lightning.nets.base.Layout` (names, module types),
+so it is decided in one place, :meth:`RoutedNets.bind`, for meta-training (the unroll
+binds to each drawn problem's layout) and deployment (``LearnedOptimizer`` binds to its
+parameters) alike.  The bound form, :class:`BoundNets`, is a net like any other: its
+state is a tuple with one entry per route.
 """
 
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Iterable, Mapping, Optional, Sequence, Union
+from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.spec import instantiate_net
+from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.serialization import instantiate_net
 
 NetOrSpec = Union[nn.Module, Mapping[str, Any]]
 
 
-def _build(route: str, spec: NetOrSpec) -> nn.Module:
+def _build(route: str, spec: NetOrSpec) -> LearnedOptimizerNet:
     net = spec if isinstance(spec, nn.Module) else instantiate_net(spec, f"RoutedNets: net {route!r}", ConfigError)
-    for method in ("init_state", "state_shape"):
-        if not callable(getattr(net, method, None)):
-            raise ConfigError(
-                f"RoutedNets: net {route!r} ({type(net).__name__}) has no {method}() method; each route needs a "
-                "coordinatewise net with the CoordinatewiseLSTM interface"
-            )
+    if not isinstance(net, LearnedOptimizerNet):
+        raise ConfigError(
+            f"RoutedNets: net {route!r} is a {type(net).__name__}, not an l2l_lightning.nets.LearnedOptimizerNet; "
+            "each route needs a learned-optimizer net (subclass LearnedOptimizerNet)"
+        )
     return net
 
 
-def owner_types(module: nn.Module) -> dict[str, list[str]]:
-    """``parameter name -> class names (with bases) of the module that owns it``."""
-    owners = {}
-    for module_name, sub in module.named_modules():
-        classes = [cls.__name__ for cls in type(sub).__mro__]
-        for param_name, _ in sub.named_parameters(recurse=False):
-            owners[f"{module_name}.{param_name}" if module_name else param_name] = classes
-    return owners
-
-
-class RoutedNets(nn.Module):
-    """Named coordinatewise nets, each optimizing the parameters its route's patterns match.
+class RoutedNets(LearnedOptimizerNet):
+    """Named learned-optimizer nets, each optimizing the tensors its route's patterns match.
 
     Args:
         nets: ``route name -> net`` (a net, or its ``{"class_path", "init_args"}`` spec).
@@ -96,135 +88,226 @@ class RoutedNets(nn.Module):
         self.routes = {name: list(routes[name]) for name in nets}
 
     @property
-    def spec(self) -> dict[str, Any]:
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.config}
-
-    @property
     def config(self) -> dict[str, Any]:
         return {"nets": {name: net.spec for name, net in self.nets.items()}, "routes": dict(self.routes)}
 
     def extra_repr(self) -> str:
         return f"routes={self.routes}"
 
-    def assign(self, names: Sequence[str], module: Optional[nn.Module] = None) -> dict[str, str]:
-        """``parameter name -> route`` (the first route with a matching pattern wins).
+    # ------------------------------------------------------------------ routing
+    def routes_of(self, layout: Layout, *, partial: bool = False, whole: Optional[Layout] = None) -> list[str]:
+        """The route of each segment of ``layout`` (its explicit route, else the first matching pattern).
 
-        Raises :class:`ConfigError` if a parameter matches no route, or if a pattern
-        matches no parameter (a typo would otherwise silently send parameters to the
-        wrong net).  ``type:`` patterns need ``module``.
+        Raises :class:`ConfigError` if a segment matches no route or names an unknown route,
+        or (unless ``partial``) if a pattern matches none of the pattern-routed segments, or
+        of ``whole`` if given (a typo would otherwise silently send parameters to the wrong net).
         """
-        owners = owner_types(module) if module is not None else {}
-        assignment = {}
-        for name in names:
-            route = self.route_of(name, owners)
+        assignment, by_pattern = [], []
+        for segment in layout:
+            if segment.route is not None:
+                if segment.route not in self.routes:
+                    raise ConfigError(
+                        f"RoutedNets: route={segment.route!r} (given for {segment.name!r}) is not one of the "
+                        f"routes {list(self.routes)}"
+                    )
+                assignment.append(segment.route)
+                continue
+            route = self._route_of(segment)
             if route is None:
+                owner = f" (its module is a {segment.module_types[0]})" if segment.module_types else ""
                 raise ConfigError(
-                    f"RoutedNets: parameter {name!r} matches no route; routes: {self.routes}"
-                    + (f" (its module is a {owners[name][0]})" if name in owners else "")
-                    + ". Add a pattern for it (a name pattern such as 'head.*' or 'type:ModuleClass')."
+                    f"RoutedNets: parameter {segment.name!r} matches no route; routes: {self.routes}{owner}. "
+                    "Add a pattern for it (a name pattern such as 'head.*' or 'type:ModuleClass'), or give "
+                    "its param group a 'route' key."
                 )
-            assignment[name] = route
-        self.check_every_pattern_used(names, owners)
+            assignment.append(route)
+            by_pattern.append(segment)
+        if by_pattern and not partial:
+            self._check_every_pattern_used(list(whole) if whole is not None else by_pattern)
         return assignment
 
-    def route_of(self, name: str, owners: Mapping[str, Sequence[str]]) -> Optional[str]:
-        """The route of parameter ``name`` (``owners``: see :func:`owner_types`), or ``None``."""
+    def _route_of(self, segment: Segment) -> Optional[str]:
         for route, patterns in self.routes.items():
-            if any(self._matches(p, name, owners) for p in patterns):
+            if any(_matches(p, segment) for p in patterns):
                 return route
         return None
 
-    def check_every_pattern_used(self, names: Iterable[str], owners: Mapping[str, Sequence[str]]) -> None:
-        """Raise if some pattern is the first match of none of ``names``."""
-        names = list(names)
+    def _check_every_pattern_used(self, segments: Sequence[Segment]) -> None:
+        """Raise if some pattern is the first match of none of ``segments``."""
+        unique = list({(s.name, s.module_types): s for s in segments}.values())
         used = set()
-        for name in names:
+        for segment in unique:
             for route, patterns in self.routes.items():
-                hit = next((p for p in patterns if self._matches(p, name, owners)), None)
+                hit = next((p for p in patterns if _matches(p, segment)), None)
                 if hit is not None:
                     used.add((route, hit))
                     break
         unused = [(route, p) for route, patterns in self.routes.items() for p in patterns if (route, p) not in used]
         if unused:
+            names = [s.name for s in unique]
             shown = names if len(names) <= 12 else names[:12] + [f"... ({len(names)} in all)"]
             raise ConfigError(
                 f"RoutedNets: pattern(s) {unused} matched no parameter (or only ones an earlier route took); "
                 f"parameters: {shown}. Fix or remove the pattern."
             )
 
-    @staticmethod
-    def _matches(pattern: str, name: str, owners: Mapping[str, Sequence[str]]) -> bool:
-        if pattern.startswith("type:"):
-            if not owners:
-                raise ConfigError(
-                    f"RoutedNets: pattern {pattern!r} needs the optimizee module to match types; "
-                    "pass the module (e.g. LearnedOptimizer(..., module=model)) or use name patterns"
-                )
-            return pattern[5:] in owners.get(name, ())
-        return fnmatch.fnmatchcase(name, pattern)
+    def bind(self, layout: Layout) -> "BoundNets":
+        """The nets applied to ``layout``: each segment to the net of its route (see :meth:`routes_of`)."""
+        return BoundNets(self, layout, self.routes_of(layout))
 
-    def bind(
-        self, layout: Sequence[tuple[str, int]], module: Optional[nn.Module] = None, device: Any = None
-    ) -> "BoundNets":
-        """Bind to a flat vector made of ``(parameter name, numel)`` segments, in order.
+    # ----------------------------------------------- only the bound form steps
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        raise TypeError("RoutedNets has one state shape per route: bind it to a layout first (net.bind(layout))")
 
-        A name may repeat (several optimizees of one architecture, concatenated).
-        """
-        assignment = self.assign(list(dict.fromkeys(name for name, _ in layout)), module)
-        pieces: dict[str, list[Tensor]] = {route: [] for route in self.nets}
-        offset = 0
-        for name, numel in layout:
-            pieces[assignment[name]].append(torch.arange(offset, offset + numel, device=device))
-            offset += numel
-        empty = torch.empty(0, dtype=torch.long, device=device)
-        index = {route: torch.cat(p) if p else empty for route, p in pieces.items()}
-        return BoundNets(self, index, offset)
+    def forward(self, grad: Tensor, state: Any, layout: Any = None) -> tuple[Tensor, Any]:
+        if not isinstance(layout, Layout):
+            raise ConfigError(
+                "RoutedNets routes tensors by name or module type, so it needs the parameter layout: "
+                "call net(grad, state, layout) with a Layout (for meta-training, a task whose problems declare "
+                "named parameters, e.g. ModuleProblem)"
+            )
+        return self.bind(layout)(grad, state, layout)
 
-    def forward(self, grad: Tensor, state: Any) -> tuple[Tensor, Any]:
-        raise TypeError("RoutedNets must be bound to an optimizee's parameter layout first: use .bind(layout)")
+    def init_state(self, layout: Any, device: Any = None, dtype: Optional[torch.dtype] = None) -> Any:
+        if not isinstance(layout, Layout):
+            raise ConfigError("RoutedNets.init_state needs the parameter layout (a Layout), not a number of coordinates")
+        return self.bind(layout).init_state(layout, device=device, dtype=dtype)
+
+    def state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
+        return self.bind(layout).state_shapes(layout)
 
 
-class BoundNets:
-    """:class:`RoutedNets` bound to one flat layout: the single-net interface over all coordinates.
+def _matches(pattern: str, segment: Segment) -> bool:
+    if pattern.startswith("type:"):
+        if not segment.module_types:
+            raise ConfigError(
+                f"RoutedNets: pattern {pattern!r} needs the module that owns {segment.name!r} to match types; "
+                "pass the module (e.g. LearnedOptimizer(..., module=model)) or use name patterns; to meta-train, "
+                "use a task whose problems have named parameters (ModuleProblem)"
+            )
+        return pattern[5:] in segment.module_types
+    return fnmatch.fnmatchcase(segment.name, pattern)
 
-    Like :class:`~l2l_lightning.nets.CoordinatewiseLSTM` it offers ``forward_split`` on a
-    split state, which the unroll uses; its state is a tuple with one entry per route.
-    Each route's coordinates are gathered with one ``index_select`` and the updates put
-    back in place with one more (a ``cat`` alone when the routes are consecutive blocks).
+
+class BoundNets(LearnedOptimizerNet):
+    """:class:`RoutedNets` bound to one layout: a net over all its coordinates.
+
+    Its state is a tuple with one entry per route (that route's net's state for its
+    segments).  Each route's coordinates are gathered with one ``index_select`` and the
+    updates put back in place with one more (a ``cat`` alone when the routes are
+    consecutive blocks).  Not a module of its own: it steps the routed nets' weights.
     """
 
-    def __init__(self, routed: RoutedNets, index: dict[str, Tensor], numel: int) -> None:
-        self.routed, self.numel = routed, numel
-        self.nets = list(routed.nets.values())
-        #: each net's ``forward_split`` (``None``: a net without one, called as ``net(grad, state)``)
-        self.splits = [getattr(net, "forward_split", None) for net in self.nets]
-        self.index = [index[route] for route in routed.nets]
-        order = torch.cat(self.index)
-        positions = torch.arange(numel, device=order.device)
+    def __init__(self, routed: RoutedNets, layout: Layout, assignment: Sequence[str]) -> None:
+        super().__init__()
+        self.__dict__["routed"] = routed  # a plain reference: the weights belong to ``routed``
+        self.layout = layout
+        self.assignment = list(assignment)
+        parts: dict[str, tuple[list[int], list[Tensor]]] = {route: ([], []) for route in routed.nets}
+        offset = 0
+        for i, (segment, route) in enumerate(zip(layout, self.assignment)):
+            parts[route][0].append(i)
+            parts[route][1].append(torch.arange(offset, offset + segment.numel))
+            offset += segment.numel
+        empty = torch.empty(0, dtype=torch.long)
+        #: per route: (its net, its segments' positions, its sub-layout, its coordinates)
+        self.parts = [
+            (routed.nets[route], members, Layout(layout.segments[i] for i in members), torch.cat(idx) if idx else empty)
+            for route, (members, idx) in parts.items()
+        ]
+        order = torch.cat([index for *_, index in self.parts]) if self.parts else empty
+        positions = torch.arange(layout.numel)
         #: position in ``cat(route updates)`` of each coordinate; ``None`` if that is the identity
         self.inverse = None if torch.equal(order, positions) else torch.empty_like(order).index_copy_(0, order, positions)
+        self._on: dict[torch.device, tuple[list[Tensor], Optional[Tensor]]] = {}
 
-    def init_state(self, n: int, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Tensor, ...]:
-        if n != self.numel:
-            raise ValueError(f"these nets are bound to {self.numel} coordinates, not {n}")
-        return tuple(net.init_state(len(index), device=device, dtype=dtype) for net, index in zip(self.nets, self.index))
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.routed.config
+
+    @property
+    def spec(self) -> dict[str, Any]:
+        return self.routed.spec
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        raise TypeError("BoundNets has one state shape per segment: use state_shapes(layout)")
+
+    def routes_of(self, layout: Layout, *, partial: bool = False, whole: Optional[Layout] = None) -> list[str]:
+        self._check(layout)
+        return list(self.assignment)
+
+    def _check(self, layout: Any) -> None:
+        if isinstance(layout, int) and layout == self.layout.numel:
+            return
+        if layout is not None and layout is not self.layout and layout != self.layout:
+            raise ConfigError(f"these nets are bound to {self.layout!r}, not {layout!r}; bind them to the new layout")
+
+    def _indices(self, device: torch.device) -> tuple[list[Tensor], Optional[Tensor]]:
+        if device not in self._on:
+            self._on[device] = (
+                [index.to(device) for *_, index in self.parts],
+                None if self.inverse is None else self.inverse.to(device),
+            )
+        return self._on[device]
+
+    def state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
+        self._check(layout)
+        shapes: list[Any] = [None] * len(layout)
+        for net, members, sub, _ in self.parts:
+            for i, shape in zip(members, net.state_shapes(sub)):
+                shapes[i] = shape
+        return shapes
+
+    def init_state(self, layout: Any = None, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Any, ...]:
+        self._check(layout)
+        return tuple(net.init_state(sub, device=device, dtype=dtype) for net, _, sub, _ in self.parts)
 
     def split_state(self, state: Sequence[Any]) -> list[Any]:
-        return [net.split_state(s) if split else s for net, split, s in zip(self.nets, self.splits, state)]
+        return [net.split_state(s) for (net, *_), s in zip(self.parts, state)]
 
-    def join_state(self, layers: Sequence[Any]) -> tuple[Any, ...]:
-        return tuple(net.join_state(l) if split else l for net, split, l in zip(self.nets, self.splits, layers))
+    def join_state(self, carried: Sequence[Any]) -> tuple[Any, ...]:
+        return tuple(net.join_state(c) for (net, *_), c in zip(self.parts, carried))
 
-    def forward_split(self, grad: Tensor, layers: Sequence[Any]) -> tuple[Tensor, list[Any]]:
-        updates, new_layers = [], []
-        for net, split, index, route_layers in zip(self.nets, self.splits, self.index, layers):
-            route_grad = grad.index_select(0, index)
-            update, route_layers = split(route_grad, route_layers) if split else net(route_grad, route_layers)
-            updates.append(update)
-            new_layers.append(route_layers)
-        update = torch.cat(updates)
-        return (update if self.inverse is None else update.index_select(0, self.inverse)), new_layers
+    def _route_updates(self, grad: Tensor, step: Any) -> Tensor:
+        """``step(part, its grad, its position)`` per route, updates put back in the flat order."""
+        indices, inverse = self._indices(grad.device)
+        updates = [step(part, grad.index_select(0, index), i) for i, (part, index) in enumerate(zip(self.parts, indices))]
+        update = torch.cat(updates) if updates else grad.new_empty(0)
+        return update if inverse is None else update.index_select(0, inverse)
 
-    def __call__(self, grad: Tensor, state: Sequence[Any]) -> tuple[Tensor, tuple[Any, ...]]:
-        update, layers = self.forward_split(grad, self.split_state(state))
-        return update, tree_map(lambda new, old: new.to(old.dtype), self.join_state(layers), tuple(state))
+    def forward_split(self, grad: Tensor, carried: Sequence[Any], layout: Any = None) -> tuple[Tensor, list[Any]]:
+        self._check(layout)
+        new: list[Any] = list(carried)
+
+        def step(part: tuple[Any, ...], route_grad: Tensor, i: int) -> Tensor:
+            net, _, sub, _ = part
+            update, new[i] = net.forward_split(route_grad, carried[i], sub)
+            return update
+
+        return self._route_updates(grad, step), new
+
+    def forward(self, grad: Tensor, state: Sequence[Any], layout: Any = None) -> tuple[Tensor, tuple[Any, ...]]:
+        update, carried = self.forward_split(grad, self.split_state(state), layout)
+        return update, tree_map(lambda new, old: new.to(old.dtype), self.join_state(carried), tuple(state))
+
+    @torch.no_grad()
+    def step_inplace(
+        self,
+        grad: Tensor,
+        states: Sequence[Tensor],
+        layout: Any = None,
+        *,
+        out: Optional[Tensor] = None,
+        keep: Optional[Tensor] = None,
+        options: Any = None,
+    ) -> Tensor:
+        """Each route's net steps its segments' states (one per segment of the bound layout)."""
+        self._check(layout)
+        states = list(states)
+
+        def step(part: tuple[Any, ...], route_grad: Tensor, i: int) -> Tensor:
+            net, members, sub, _ = part
+            return net.step_inplace(route_grad, [states[m] for m in members], sub, keep=keep, options=options)
+
+        update = self._route_updates(grad, step)
+        return update if out is None else out.copy_(update)

@@ -14,21 +14,19 @@ State per parameter (``self.state[p]``):
 
 Why each choice:
 
-* **One flat pass per bucket, in cache-sized chunks, states updated in place.** Per
-  parameter group, the gradients of all parameters that have one are concatenated per
-  ``(device, dtype)`` (``1/80`` of the state's size in float32) and
-  :meth:`CoordinatewiseLSTM.step_inplace <l2l_lightning.nets.CoordinatewiseLSTM.step_inplace>`
-  runs the net over them in chunks of ``chunk_size`` coordinates (a coordinatewise net
-  gives the same update per coordinate however the rows are grouped).  Each chunk's
-  gate activations stay in cache, each layer is one matrix product on ``[input, h]``,
-  and the LSTM states of the chunk are updated in place (directly inside a parameter's
-  float32 state, through a small float32 workspace for bf16 states and for pieces of
-  small parameters).  Extra memory during a step: the flat gradient, the flat update
+* **One flat pass per bucket, in cache-sized chunks, states updated in place.** The
+  gradients of all parameters that have one are concatenated per ``(device, dtype)``,
+  across param groups (``1/80`` of the state's size in float32), and the net, bound to
+  the bucket's :class:`~l2l_lightning.nets.base.Layout`, steps them with
+  :meth:`~l2l_lightning.nets.LearnedOptimizerNet.step_inplace`: for the LSTM, the
+  deployment runtime (:mod:`l2l_lightning.optim.runtime`) runs it in chunks of
+  ``chunk_size`` coordinates, each chunk's gate activations in cache and its states
+  updated in place.  Extra memory during a step: the flat gradient, the flat update
   and the chunk workspace (a few MB), i.e. a few percent of the state, not the +100% a
-  copy of the new states would cost.  :func:`_step_flat` is the one place the net runs.
-  On CPU the chunks are shared over ``torch.get_num_threads()`` threads, each chunk
-  single-threaded (no OpenMP barrier per op, which stalls badly on a machine with a
-  busy core).  ``torch.compile`` of the chunk is used on CUDA (``compile="auto"``); on
+  copy of the new states would cost.  On CPU the chunks are shared over
+  ``torch.get_num_threads()`` threads, each chunk single-threaded (no OpenMP barrier
+  per op, which stalls badly on a machine with a busy core).  One bucket is one
+  optimizee to nets that look across coordinates (LSTM+GAC averages over it).  ``torch.compile`` of the chunk is used on CUDA (``compile="auto"``); on
   CPU the compiled chunk measured slower than the eager one (0.65×, oneDNN matrix
   products vs inductor's), so ``"auto"`` leaves CPU eager.
 * **Parameters are written only after every update is computed and checked**: the
@@ -65,7 +63,8 @@ Why each choice:
   and owning module type (``module=model``, or ``model.named_parameters()`` for name
   patterns) or from the group's own ``"route"`` key.  The decision is kept in the group
   (``"param_routes"``), so it is in the state dict and a resumed run with parameters
-  routed differently is refused.  Each route's parameters form their own buckets.
+  routed differently is refused.  The net bound to a bucket's layout sends each route's
+  parameters to its own net (:class:`~l2l_lightning.nets.routed.BoundNets`).
 * **The state dict names its net**: ``state_dict()["l2l_net"]`` holds the net's
   class, settings and a fingerprint of its weights; :meth:`LearnedOptimizer.load_state_dict`
   refuses LSTM states from a different net or of the wrong shape.
@@ -85,11 +84,10 @@ Distributed training:
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
 from typing import Any, Callable, Optional, Union
@@ -99,9 +97,10 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError
-from l2l_lightning.nets.lstm import check_chunk_size
-from l2l_lightning.nets.routed import RoutedNets, owner_types
-from l2l_lightning.optim.pretrained import fingerprint, load_net, net_spec
+from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment, owner_types
+from l2l_lightning.optim.pretrained import load_net
+from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads
+from l2l_lightning.serialization import NET_KEY, fingerprint, net_spec
 
 #: State dtypes a parameter group may ask for (by name, so state dicts stay plain).
 STATE_DTYPES: dict[str, torch.dtype] = {
@@ -138,65 +137,23 @@ def _check_compile(value: Any) -> Union[bool, str]:
     raise ConfigError(f"compile={value!r}; allowed: True, False or 'auto' (compile on CUDA only)")
 
 
-def _step_flat(
-    net: nn.Module,
-    grad: Tensor,
-    states: list[Tensor],
-    *,
-    chunk_size: Optional[int] = None,
-    compile: bool = False,
-    keep: Optional[Tensor] = None,
-    threads: Optional[int] = None,
-) -> Tensor:
-    """Run the net on one flat gradient vector; ``states`` (one per parameter) advance in place.
-
-    Returns the update (flat, ``grad``'s dtype).  The single place the net is applied:
-    nets with the :class:`~l2l_lightning.nets.CoordinatewiseLSTM` interface run their
-    chunked :meth:`step_inplace`; any other coordinatewise net runs ``net(grad, state)``
-    on the concatenated states (a full copy, then written back).
-    """
-    step_inplace = getattr(net, "step_inplace", None)
-    if step_inplace is not None:
-        return step_inplace(grad, states, chunk_size=chunk_size, compile=compile, keep=keep, threads=threads)
-    with _intra_op_threads(threads):  # an arbitrary net: let its own ops use the caller's threads
-        update, new_state = net(grad, torch.cat(states, dim=2))
-    bad = ~torch.isfinite(update)
-    new_state = new_state.masked_fill(bad[None, None, :, None], 0)
-    for state, new in zip(states, new_state.split([s.shape[2] for s in states], dim=2)):
-        state.copy_(torch.where(keep, new, state) if keep is not None else new)
-    return update
-
-
 @dataclass
 class _Bucket:
-    """Parameters of one group and route sharing device and gradient dtype: one pass of a net."""
+    """Parameters sharing device and gradient dtype (across groups): one pass of the net."""
 
-    group: dict[str, Any]
-    route: Optional[str]  #: the route's net steps them (``None``: the optimizer's only net)
     params: list[Tensor]
+    groups: list[dict[str, Any]]  #: each parameter's group (its lr and state dtype)
+    layout: Layout  #: the parameters as the net sees them (shapes, routes, one optimizee)
     grad: Tensor  #: all their gradients, flattened and concatenated
-    states: list[Tensor] = field(default_factory=list)  #: their LSTM states, in ``params`` order (filled late)
+    net: LearnedOptimizerNet  #: the net on their device and dtype, bound to ``layout``
+    states: list[Tensor] = field(default_factory=list)  #: their states, in ``params`` order (filled late)
 
 
-@contextlib.contextmanager
-def _intra_op_threads(count: Optional[int]) -> Iterator[None]:
-    """``torch.set_num_threads(count)`` for the block (nothing if ``None`` or already so)."""
-    before = torch.get_num_threads()
-    if count is None or count == before:
-        yield
-        return
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def _one_intra_op_thread() -> contextlib.AbstractContextManager[None]:
+def _one_intra_op_thread() -> Any:
     """The step's own ops run single-threaded (the net's chunks are shared over threads instead):
     they are few and memory-bound, and on a machine with a busy core an OpenMP barrier per op
     stalls for a scheduler time slice each (measured: a step ~100× slower)."""
-    return _intra_op_threads(1)
+    return intra_op_threads(1)
 
 
 def _warn_skipped(reason: str, deferred: bool = False) -> None:
@@ -265,23 +222,20 @@ class LearnedOptimizer(Optimizer):
         self._chunk_size = None if chunk_size is None else check_chunk_size(chunk_size)
         self._compile = _check_compile(compile)
         net = load_net(checkpoint)
+        if not isinstance(net, LearnedOptimizerNet):
+            raise ConfigError(
+                f"checkpoint: {type(net).__name__} is not a learned-optimizer net; LearnedOptimizer needs a "
+                "subclass of l2l_lightning.nets.LearnedOptimizerNet (e.g. a trained CoordinatewiseLSTM)"
+            )
         if net is checkpoint:
             net = copy.deepcopy(net)
-        missing = [] if isinstance(net, RoutedNets) else [  # RoutedNets checks each of its nets when built
-            method for method in ("init_state", "state_shape") if not callable(getattr(net, method, None))
-        ]
-        if missing:
-            raise ConfigError(
-                f"checkpoint: {type(net).__name__} has no {missing[0]}() method; LearnedOptimizer needs a "
-                "coordinatewise net with the CoordinatewiseLSTM interface (or RoutedNets of them)"
-            )
-        self._net: nn.Module = net.eval().requires_grad_(False)
+        self._net: LearnedOptimizerNet = net.eval().requires_grad_(False)
         if module is not None and not isinstance(module, nn.Module):
             raise ConfigError(f"module must be the nn.Module the parameters belong to, got {type(module).__name__}")
         self._module = module
         self._net_spec = net_spec(net)
         self._fingerprint = fingerprint(net)
-        self._nets: dict[tuple[Optional[str], torch.device, torch.dtype], nn.Module] = {}  # see _net_for
+        self._nets: dict[tuple[torch.device, torch.dtype], LearnedOptimizerNet] = {}  # see _net_for
         #: Sync-free steps' (host flags, CUDA event) awaiting their SkippedStepWarning.
         self._pending: list[tuple[Tensor, Any]] = []
         #: ``None``: decide per device (sync-free on anything but CPU); tests force ``True`` on CPU.
@@ -291,7 +245,7 @@ class LearnedOptimizer(Optimizer):
 
     # ----------------------------------------------------------------- plumbing
     @property
-    def net(self) -> nn.Module:
+    def net(self) -> LearnedOptimizerNet:
         """The optimizer's own (frozen) copy of the trained net, on its original device."""
         return self._net
 
@@ -319,35 +273,41 @@ class LearnedOptimizer(Optimizer):
             raise
 
     # ------------------------------------------------------------------ routing
+    def _group_layout(self, group: dict[str, Any], named: bool) -> Layout:
+        """The group's parameters as segments: names and module types if ``named``; routes if decided
+        (``"param_routes"``) or given (the group's ``"route"``)."""
+        names: list[Optional[str]] = [None] * len(group["params"])
+        owners: dict[str, tuple[str, ...]] = {}
+        if named:
+            names, owners = self._names_of(group)
+        routes = group.get("param_routes") or [group.get("route")] * len(group["params"])
+        return Layout(
+            Segment(name or f"<unnamed parameter #{i}>", tuple(p.shape), owners.get(name or "", ()), route=route)
+            for i, (p, name, route) in enumerate(zip(group["params"], names, routes))
+        )
+
     def _route_group(self, group: dict[str, Any]) -> None:
-        """Decide which net steps each parameter of ``group`` (``group["param_routes"]``)."""
+        """Decide which net steps each parameter of ``group`` (``group["param_routes"]``), if the net routes.
+
+        The routing itself is the net's (:meth:`~l2l_lightning.nets.LearnedOptimizerNet.routes_of`),
+        the same code meta-training binds with; here it is only told names, types and the
+        group's ``"route"`` key.  Names are looked up only when a pattern needs them.
+        """
         route = group.get("route")
-        if not isinstance(self._net, RoutedNets):
+        group.pop("param_routes", None)
+        routes_anything = self._net.routes_of(Layout([]), partial=True) is not None
+        layout = self._group_layout(group, named=route is None and routes_anything)
+        routes = self._net.routes_of(layout, partial=True)
+        if routes is None:
             if route is not None:
                 raise ConfigError(
                     f"LearnedOptimizer: a param group has route={route!r}, but the net is a single "
                     f"{type(self._net).__name__} (routes need a RoutedNets checkpoint); drop the 'route' key"
                 )
             return
-        if route is not None:
-            if route not in self._net.routes:
-                raise ConfigError(f"LearnedOptimizer: route={route!r} is not one of the net's routes {list(self._net.routes)}")
-            group["param_routes"] = [route] * len(group["params"])
-            return
-        names, owners = self._names_of(group)
-        param_routes = []
-        for name in names:
-            found = self._net.route_of(name, owners)
-            if found is None:
-                raise ConfigError(
-                    f"LearnedOptimizer: parameter {name!r} matches no route of the net {self._net.routes}"
-                    + (f" (its module is a {owners[name][0]})" if name in owners else "")
-                    + "; put it in a param group with a 'route' key, or leave it to another optimizer"
-                )
-            param_routes.append(found)
-        group["param_routes"] = param_routes
+        group["param_routes"] = list(routes)
 
-    def _names_of(self, group: dict[str, Any]) -> tuple[list[str], dict[str, list[str]]]:
+    def _names_of(self, group: dict[str, Any]) -> tuple[list[str], dict[str, tuple[str, ...]]]:
         """Each parameter's name (from ``module``, else the group's ``param_names``) and owner types."""
         if self._module is not None:
             by_id = {id(p): name for name, p in self._module.named_parameters()}
@@ -361,26 +321,24 @@ class LearnedOptimizer(Optimizer):
         if "param_names" in group:
             return list(group["param_names"]), {}
         raise ConfigError(
-            f"LearnedOptimizer: this net has separate nets for routes {self._net.routes}, chosen by parameter name "
-            "or module type, but a param group gives neither. Pass module=model (needed for 'type:' patterns), "
-            "or model.named_parameters(), or a 'route' key per param group. With LightningCLI, use "
+            f"LearnedOptimizer: this net has separate nets for routes chosen by parameter name or module type "
+            f"({self._net!r}), but a param group gives neither. Pass module=model (needed for 'type:' "
+            "patterns), or model.named_parameters(), or a 'route' key per param group. With LightningCLI, use "
             "--trainer.callbacks+=l2l_lightning.LearnedOptimizerCallback instead of --optimizer: it passes the module."
         )
 
     def _check_every_pattern_used(self) -> None:
-        """A routing pattern that matches none of the model's parameters is a typo: refuse it."""
-        if not isinstance(self._net, RoutedNets) or all(g["route"] is not None for g in self.param_groups):
-            return  # a single net, or every group named its route: no pattern was used
-        if self._module is not None:
-            names = [name for name, _ in self._module.named_parameters()]
-            self._net.check_every_pattern_used(names, owner_types(self._module))
-        else:
-            names = [name for g in self.param_groups if g["route"] is None for name in g["param_names"]]
-            self._net.check_every_pattern_used(names, {})
+        """A routing pattern that matches none of the parameters is a typo: refuse it (the net decides)."""
+        routed = [g for g in self.param_groups if g["route"] is None and "param_routes" in g]
+        if routed:
+            given = Layout(s for g in routed for s in self._group_layout({**g, "param_routes": None}, True))
+            # with the module, a pattern may match parameters that other optimizers (or later groups) step
+            self._net.routes_of(given, whole=Layout.of_module(self._module) if self._module is not None else None)
 
-    def _route_net(self, route: Optional[str]) -> nn.Module:
-        """The (frozen, original-device) net that steps the parameters of ``route``."""
-        return self._net if route is None else self._net.nets[route]
+    def _state_shapes(self, group: dict[str, Any]) -> list[tuple[int, ...]]:
+        """The state shape of each parameter of ``group``, as its net defines it."""
+        layout = self._group_layout(group, named=False)
+        return self._net.bind(layout).state_shapes(layout)
 
     @staticmethod
     def _routes_of(group: dict[str, Any]) -> list[Optional[str]]:
@@ -413,24 +371,22 @@ class LearnedOptimizer(Optimizer):
         for name, default in defaults.items():
             self.__dict__.setdefault(name, default)
 
-    def _net_for(self, route: Optional[str], device: torch.device, grad_dtype: torch.dtype) -> nn.Module:
-        """``route``'s net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
-        base = self._route_net(route)
-        dtype = torch.promote_types(grad_dtype, next(base.parameters()).dtype)
-        key = (route, device, dtype)
+    def _net_for(self, device: torch.device, grad_dtype: torch.dtype) -> LearnedOptimizerNet:
+        """The net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
+        dtype = torch.promote_types(grad_dtype, next(self._net.parameters()).dtype)
+        key = (device, dtype)
         net = self._nets.get(key)
         if net is None:
-            net = copy.deepcopy(base).to(device=device, dtype=dtype)
+            net = copy.deepcopy(self._net).to(device=device, dtype=dtype)
             self._nets[key] = net
         return net
 
     # ---------------------------------------------------------------- the step
     def _buckets(self) -> list[_Bucket]:
-        """Group the parameters that have a gradient; check state shapes; create no state."""
-        buckets = []
+        """Group the parameters that have a gradient by device and dtype; check state shapes; create no state."""
+        by_key: dict[tuple[torch.device, torch.dtype], list[tuple[Tensor, dict[str, Any], Segment]]] = {}
         for group in self.param_groups:
-            by_key: dict[tuple[Optional[str], torch.device, torch.dtype], list[Tensor]] = {}
-            for p, route in zip(group["params"], self._routes_of(group)):
+            for i, (p, route) in enumerate(zip(group["params"], self._routes_of(group))):
                 grad = p.grad
                 if grad is None:
                     continue
@@ -441,29 +397,35 @@ class LearnedOptimizer(Optimizer):
                     )
                 if grad.is_complex():
                     raise UnsupportedGradientError("LearnedOptimizer does not support complex gradients")
+                segment = Segment(f"param{i}", tuple(p.shape), route=route)
+                by_key.setdefault((grad.device, grad.dtype), []).append((p, group, segment))
+        buckets = []
+        for (device, dtype), members in by_key.items():
+            layout = Layout(segment for *_, segment in members)
+            net = self._net_for(device, dtype).bind(layout)
+            params = [p for p, *_ in members]
+            for p, shape in zip(params, net.state_shapes(layout)):
                 lstm = self.state[p].get("lstm") if p in self.state else None
-                shape = tuple(self._route_net(route).state_shape(p.numel()))
-                if lstm is not None and tuple(lstm.shape) != shape:
+                if lstm is not None and tuple(lstm.shape) != tuple(shape):
                     raise CheckpointError(
                         f"LearnedOptimizer: a parameter of {p.numel()} elements has an LSTM state of shape "
-                        f"{tuple(lstm.shape)}, expected {shape}; was the parameter resized after the "
+                        f"{tuple(lstm.shape)}, expected {tuple(shape)}; was the parameter resized after the "
                         "optimizer state was created?"
                     )
-                by_key.setdefault((route, grad.device, grad.dtype), []).append(p)
-            for (route, _, _), params in by_key.items():
-                grad = torch.cat([p.grad.reshape(-1) for p in params])
-                buckets.append(_Bucket(group, route, params, grad))
+            grad = torch.cat([p.grad.reshape(-1) for p in params])
+            buckets.append(_Bucket(params, [g for _, g, _ in members], layout, grad, net))
         return buckets
 
     def _prepare_states(self, bucket: _Bucket) -> None:
-        """Each parameter's LSTM state, created (zeros) or converted to the group's dtype, in ``self.state``."""
-        state_dtype = STATE_DTYPES[bucket.group["state_dtype"]]
+        """Each parameter's state, created (zeros) or converted to its group's dtype, in ``self.state``."""
         bucket.states = []
-        for p in bucket.params:
+        shapes = bucket.net.state_shapes(bucket.layout)
+        for p, group, shape in zip(bucket.params, bucket.groups, shapes):
+            state_dtype = STATE_DTYPES[group["state_dtype"]]
             entry = self.state[p]
             lstm = entry.get("lstm")
             if lstm is None:
-                lstm = self._route_net(bucket.route).init_state(p.numel(), device=p.grad.device, dtype=state_dtype)
+                lstm = torch.zeros(shape, device=p.grad.device, dtype=state_dtype)
             elif lstm.dtype != state_dtype or lstm.device != p.grad.device or not lstm.is_contiguous():
                 lstm = lstm.to(device=p.grad.device, dtype=state_dtype, memory_format=torch.contiguous_format)
             entry["lstm"] = lstm
@@ -472,21 +434,25 @@ class LearnedOptimizer(Optimizer):
     def _run(self, bucket: _Bucket, keep: Optional[Tensor] = None, threads: Optional[int] = None) -> Tensor:
         device = bucket.grad.device
         compile = self._compile is True or (self._compile == "auto" and device.type == "cuda")
-        net = self._net_for(bucket.route, device, bucket.grad.dtype)
-        return _step_flat(
-            net, bucket.grad, bucket.states, chunk_size=self._chunk_size, compile=compile, keep=keep, threads=threads
-        )
+        options = StepOptions(chunk_size=self._chunk_size, compile=compile, threads=threads)
+        return bucket.net.step_inplace(bucket.grad, bucket.states, bucket.layout, keep=keep, options=options)
 
     @staticmethod
     def _apply(bucket: _Bucket, update: Tensor) -> None:
-        """``θ ← θ + lr · update`` for every parameter of the bucket."""
-        lr = bucket.group["lr"]
+        """``θ ← θ + lr · update`` for every parameter of the bucket, with its group's ``lr``."""
         views = [u.view_as(p) for p, u in zip(bucket.params, update.split([p.numel() for p in bucket.params]))]
-        if isinstance(lr, Tensor):
-            for p, u in zip(bucket.params, views):
-                p.add_(u * lr)
-        else:
-            torch._foreach_add_(bucket.params, views, alpha=lr)
+        by_group: dict[int, tuple[dict[str, Any], list[Tensor], list[Tensor]]] = {}
+        for p, u, group in zip(bucket.params, views, bucket.groups):
+            by_group.setdefault(id(group), (group, [], []))
+            by_group[id(group)][1].append(p)
+            by_group[id(group)][2].append(u)
+        for group, params, updates in by_group.values():
+            lr = group["lr"]
+            if isinstance(lr, Tensor):
+                for p, u in zip(params, updates):
+                    p.add_(u * lr)
+            else:
+                torch._foreach_add_(params, updates, alpha=lr)
 
     def _is_sync_free(self, buckets: list[_Bucket]) -> bool:
         if self._sync_free is not None:
@@ -600,7 +566,7 @@ class LearnedOptimizer(Optimizer):
         """torch's state dict plus ``"l2l_net"``: the net's class, settings and weight fingerprint."""
         self._report_skipped(block=True)
         state_dict = super().state_dict()
-        state_dict["l2l_net"] = {
+        state_dict[NET_KEY] = {
             "class_path": self._net_spec["class_path"],
             "init_args": dict(self._net_spec["init_args"]),
             "fingerprint": self._fingerprint,
@@ -620,12 +586,12 @@ class LearnedOptimizer(Optimizer):
         would cast every floating state to its parameter's dtype, rounding float32
         states of a bf16 model).
         """
-        saved = state_dict.get("l2l_net")
+        saved = state_dict.get(NET_KEY)
         if not isinstance(saved, dict):
             keys = sorted({k for s in state_dict.get("state", {}).values() if isinstance(s, dict) for k in s})
             raise CheckpointError(
                 "LearnedOptimizer.load_state_dict: this state dict was not written by a LearnedOptimizer "
-                f"(no 'l2l_net' entry; its per-parameter state keys are {keys}). Resuming a run that used "
+                f"(no {NET_KEY!r} entry; its per-parameter state keys are {keys}). Resuming a run that used "
                 "another optimizer needs a fresh optimizer state."
             )
         mine = {**self._net_spec, "fingerprint": self._fingerprint}
@@ -661,16 +627,16 @@ class LearnedOptimizer(Optimizer):
                     f"when saved, but is routed {mine.get('param_routes')} now (renamed or reordered parameters?); "
                     "the LSTM states would continue under the wrong nets"
                 )
-        routes = [route for group in self.param_groups for route in self._routes_of(group)]
+        shapes = [shape for group in self.param_groups for shape in self._state_shapes(group)]
         lstm: dict[Any, Tensor] = {}
         stripped: dict[Any, Any] = {}
-        for index, (saved_id, p, route) in enumerate(zip(saved_ids, params, routes)):
+        for index, (saved_id, p, expected) in enumerate(zip(saved_ids, params, shapes)):
             entry = state_dict["state"].get(saved_id)
             if not isinstance(entry, dict):
                 continue
             stripped[saved_id] = {k: v for k, v in entry.items() if k != "lstm"}
             if "lstm" in entry:
-                expected = tuple(self._route_net(route).state_shape(p.numel()))
+                expected = tuple(expected)
                 if not isinstance(entry["lstm"], Tensor) or tuple(entry["lstm"].shape) != expected:
                     got = tuple(entry["lstm"].shape) if isinstance(entry["lstm"], Tensor) else type(entry["lstm"])
                     raise CheckpointError(

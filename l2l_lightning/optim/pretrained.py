@@ -31,8 +31,6 @@ or export them first.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
-import json
 import os
 import re
 from pathlib import Path
@@ -42,12 +40,10 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
-from l2l_lightning.nets.spec import instantiate_net
+from l2l_lightning.serialization import FORMAT, FORMAT_VERSION, NET_KEY, build_net, fingerprint, net_weights_from_checkpoint
 
 #: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
 PRETRAINED_DIR: Path = Path(__file__).resolve().parent.parent / "pretrained"
-FORMAT = "l2l_lightning.learned_optimizer"
-FORMAT_VERSION = 1
 SUFFIX = ".pt"
 _NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_\-]*$")
 
@@ -85,44 +81,6 @@ def path_of(name: str) -> Path:
     return path
 
 
-# --------------------------------------------------------------------------- nets
-def net_spec(net: nn.Module) -> dict[str, Any]:
-    """``{"class_path", "init_args"}``: how to rebuild ``net`` (its weights aside)."""
-    config = getattr(net, "config", None)
-    if not isinstance(config, Mapping):
-        raise CheckpointError(
-            f"{type(net).__name__} has no `config` dict of constructor arguments; a learned optimizer net "
-            "must expose one (see l2l_lightning.CoordinatewiseLSTM.config)"
-        )
-    return {"class_path": f"{type(net).__module__}.{type(net).__qualname__}", "init_args": dict(config)}
-
-
-def fingerprint(net: nn.Module) -> str:
-    """A short hash of the net's class, settings and exact weights.
-
-    Stored in exported files and optimizer state dicts, so that LSTM states are never
-    silently continued by a *different* net that merely has the same shapes.
-    """
-    digest = hashlib.sha256(json.dumps(net_spec(net), sort_keys=True, default=str).encode())
-    for key, value in sorted(net.state_dict().items()):
-        tensor = value.detach().to("cpu").contiguous().reshape(-1)
-        digest.update(f"{key}:{tensor.dtype}:{tuple(value.shape)}".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def build_net(
-    class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
-) -> nn.Module:
-    """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
-    net = instantiate_net({"class_path": class_path, "init_args": init_args}, source)
-    try:
-        net.load_state_dict(dict(state_dict), strict=True)
-    except (TypeError, RuntimeError, ValueError) as error:
-        raise CheckpointError(f"{source}: cannot load the weights of {class_path}: {error}") from error
-    return net.eval().requires_grad_(False)
-
-
 # --------------------------------------------------------------------------- files
 def _torch_load(path: Path) -> Any:
     """``weights_only=True``; full unpickling only for a ``.ckpt`` (see the module docstring)."""
@@ -143,20 +101,20 @@ def _torch_load(path: Path) -> Any:
 
 def _is_lightning_checkpoint(obj: Any) -> bool:
     return isinstance(obj, dict) and "state_dict" in obj and (
-        "pytorch-lightning_version" in obj or "global_step" in obj or "l2l_net" in obj
+        "pytorch-lightning_version" in obj or "global_step" in obj or NET_KEY in obj
     )
 
 
 def _net_from_lightning(obj: dict[str, Any], source: str) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
-    spec = obj.get("l2l_net")
+    spec = obj.get(NET_KEY)
     if not isinstance(spec, Mapping) or "class_path" not in spec or "init_args" not in spec:
         hparams = obj.get("hyper_parameters")
         kind = hparams.get("_class_path") if isinstance(hparams, dict) else None
         raise CheckpointError(
             f"{source} is a Lightning checkpoint{f' of {kind}' if kind else ''} but not of l2l_lightning.MetaLearner "
-            "(it has no 'l2l_net' entry); expected a MetaLearner checkpoint or an exported learned optimizer"
+            f"(it has no {NET_KEY!r} entry); expected a MetaLearner checkpoint or an exported learned optimizer"
         )
-    weights = {k[len("net.") :]: v for k, v in obj["state_dict"].items() if k.startswith("net.")}
+    weights = net_weights_from_checkpoint(obj)
     if not weights:
         raise CheckpointError(f"{source}: the checkpoint's state_dict has no 'net.*' weights")
     return spec["class_path"], dict(spec["init_args"]), weights

@@ -5,8 +5,9 @@ plus the data the optimizee is trained on.  A problem may hold several independe
 optimizees at once (a batch of quadratics, say); all their coordinates live in one
 flat vector ``theta`` because, for a coordinatewise optimizer, they are all just rows.
 
-The only contract an unroll needs is :meth:`Problem.loss`: the loss of *each*
-optimizee at ``theta`` on step ``step``'s data.  The unroll differentiates the *sum*
+An unroll needs :meth:`Problem.loss`, the loss of *each* optimizee at ``theta`` on step
+``step``'s data, and :attr:`Problem.layout`, the tensors behind ``theta`` (names, shapes,
+owning module types, optimizee of each), which nets that route or average by tensor read.  The unroll differentiates the *sum*
 of these losses, so every optimizee receives exactly the gradient it would get if
 it were optimized alone (no hidden ``1/batch`` factor).
 
@@ -28,6 +29,7 @@ from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
 from l2l_lightning.errors import ConfigError
+from l2l_lightning.nets.base import Layout
 
 
 #: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test
@@ -52,6 +54,18 @@ class Problem(ABC):
 
         Must be differentiable in ``theta`` and must not modify it.
         """
+
+    @property
+    def layout(self) -> Layout:
+        """The tensors behind ``theta``, in order (:class:`~l2l_lightning.nets.base.Layout`).
+
+        Default: ``num_optimizees`` equal unnamed 1-D tensors, all that is known of a plain
+        vector.  Problems over named parameters (:class:`ModuleProblem`) say more, which
+        nets that route by name or module type (:class:`~l2l_lightning.nets.RoutedNets`) need.
+        """
+        if getattr(self, "_layout", None) is None:
+            self._layout = Layout.flat(self.initial_params().numel(), self.num_optimizees)
+        return self._layout
 
 
 class Task(ABC):
@@ -87,12 +101,13 @@ class Task(ABC):
         return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
 
 
-def _flat_layout(params: dict[str, Tensor]) -> list[tuple[str, int, int, torch.Size]]:
-    layout, offset = [], 0
+def _slices(params: dict[str, Tensor]) -> list[tuple[str, int, int, torch.Size]]:
+    """``(name, start, end, shape)`` of each parameter in the flat vector."""
+    slices, offset = [], 0
     for name, value in params.items():
-        layout.append((name, offset, offset + value.numel(), value.shape))
+        slices.append((name, offset, offset + value.numel(), value.shape))
         offset += value.numel()
-    return layout
+    return slices
 
 
 class ModuleProblem(Problem):
@@ -116,7 +131,8 @@ class ModuleProblem(Problem):
         loss_fn: Callable[[Any, Any], Tensor],
     ) -> None:
         self.module = module
-        self.layout = _flat_layout(params)
+        self.slices = _slices(params)
+        self._layout = Layout.of_module(module, params)
         self._theta0 = torch.cat([p.detach().reshape(-1) for p in params.values()])
         self.batch = batch
         self.loss_fn = loss_fn
@@ -126,7 +142,7 @@ class ModuleProblem(Problem):
 
     def unflatten(self, theta: Tensor) -> dict[str, Tensor]:
         """Views of the flat vector shaped as the module's parameters (differentiable)."""
-        return {name: theta[start:end].view(shape) for name, start, end, shape in self.layout}
+        return {name: theta[start:end].view(shape) for name, start, end, shape in self.slices}
 
     def loss(self, theta: Tensor, step: int) -> Tensor:
         batch = self.batch(step)
@@ -155,24 +171,25 @@ class StackedModuleProblem(Problem):
         first = problems[0]
         for problem in problems[1:]:
             same_module = problem.module is first.module or repr(problem.module) == repr(first.module)
-            if not same_module or problem.layout != first.layout:
+            if not same_module or problem.slices != first.slices:
                 raise ConfigError(
                     "StackedModuleProblem: every problem must share the same module and parameter layout "
                     "(draws of one task)"
                 )
         self.problems = problems
         self.module = first.module
-        self.layout = first.layout
+        self.slices = first.slices
+        self._layout = first.layout.repeat(len(problems))
         self.loss_fn = first.loss_fn
         self.num_optimizees = len(problems)
-        self.size = first.layout[-1][2] if first.layout else 0  # coordinates per optimizee
+        self.size = first.slices[-1][2] if first.slices else 0  # coordinates per optimizee
         self._theta0 = torch.cat([problem.initial_params() for problem in problems])
 
     def initial_params(self) -> Tensor:
         return self._theta0.clone()
 
     def _one(self, theta: Tensor, batch: Any) -> Tensor:
-        params = {name: theta[start:end].view(shape) for name, start, end, shape in self.layout}
+        params = {name: theta[start:end].view(shape) for name, start, end, shape in self.slices}
         return self.loss_fn(functional_call(self.module, params, (batch[0],)), batch)
 
     def batch(self, step: int) -> Any:

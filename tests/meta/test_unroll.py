@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from l2l_lightning.nets import LearnedOptimizerNet
+
 from l2l_lightning import CoordinatewiseLSTM, QuadraticTask, unroll
 
 
@@ -86,15 +88,24 @@ def test_evaluation_mode_keeps_no_graph():
     torch.testing.assert_close(result.losses, unroll(net, problem, theta, state, 0, 5).losses.detach())
 
 
-class _PlainNet(torch.nn.Module):
-    """The same net seen only through ``net(grad, state)``: the unroll's generic path."""
+class _PlainNet(LearnedOptimizerNet):
+    """The same net seen only through ``net(grad, state, layout)``: the base class's generic path."""
+
+    coordinate_dim = 2
 
     def __init__(self, net):
         super().__init__()
         self.net = net
 
-    def forward(self, grad, state):
-        return self.net(grad, state)
+    @property
+    def config(self):
+        return {}
+
+    def state_shape(self, n):
+        return self.net.state_shape(n)
+
+    def forward(self, grad, state, layout=None):
+        return self.net(grad, state, layout)
 
 
 def test_the_split_state_path_equals_the_generic_path():
@@ -231,5 +242,5 @@ def test_routed_nets_need_named_parameters():
     from l2l_lightning.meta.unroll import bind
 
     _, problem, _, _ = _setup()
-    with pytest.raises(ConfigError, match="QuadraticProblem has no named parameters"):
+    with pytest.raises(ConfigError, match="needs the module that owns 'theta'.*ModuleProblem"):
         bind(_layer_routed_nets(), problem)

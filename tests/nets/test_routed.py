@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM
+from l2l_lightning.nets import Layout, LearnedOptimizerNet, Segment
 from l2l_lightning.nets.routed import RoutedNets
 
 
@@ -14,7 +15,16 @@ class ConvNet(nn.Module):
 
 
 def _layout(model):
-    return [(n, p.numel()) for n, p in model.named_parameters()]
+    return Layout.of_module(model)
+
+
+def _names(*names):
+    """Segments known by name only (no module: ``type:`` patterns cannot match them)."""
+    return Layout(Segment(name, (1,)) for name in names)
+
+
+def _assign(routed, layout):
+    return dict(zip((s.name for s in layout), routed.routes_of(layout)))
 
 
 def _routed():
@@ -26,7 +36,7 @@ def _routed():
 
 def test_routes_by_module_type_including_base_classes():
     model = ConvNet()
-    assignment = _routed().assign([n for n, _ in _layout(model)], model)
+    assignment = _assign(_routed(), _layout(model))
     assert assignment == {
         "features.0.weight": "conv", "features.0.bias": "conv", "features.1.weight": "conv", "features.1.bias": "conv",
         "head.1.weight": "fc", "head.1.bias": "fc", "head.2.weight": "fc", "head.2.bias": "fc",
@@ -36,17 +46,17 @@ def test_routes_by_module_type_including_base_classes():
 
 def test_routes_by_name_pattern_first_match_wins():
     routed = RoutedNets({"a": CoordinatewiseLSTM(), "b": CoordinatewiseLSTM()}, {"a": ["head.3.*"], "b": ["*"]})
-    assignment = routed.assign([n for n, _ in _layout(ConvNet())])
+    assignment = _assign(routed, _layout(ConvNet()))
     assert assignment["head.3.weight"] == "a" and assignment["features.0.weight"] == "b"
 
 
 def test_bound_nets_apply_each_net_to_its_own_coordinates():
     model = ConvNet()
     routed = _routed()
-    bound = routed.bind(_layout(model), model)
+    bound = routed.bind(_layout(model))
     n = sum(p.numel() for p in model.parameters())
     grad = torch.randn(n)
-    state = bound.init_state(n)
+    state = bound.init_state(_layout(model))
     update, new_state = bound(grad, state)
     conv_n = sum(p.numel() for name, p in model.named_parameters() if name.startswith("features"))
     conv_update, _ = routed.nets["conv"](grad[:conv_n], routed.nets["conv"].init_state(conv_n))
@@ -58,9 +68,9 @@ def test_bound_nets_apply_each_net_to_its_own_coordinates():
 def test_meta_gradient_reaches_both_nets():
     model = ConvNet()
     routed = _routed()
-    bound = routed.bind(_layout(model), model)
+    bound = routed.bind(_layout(model))
     n = sum(p.numel() for p in model.parameters())
-    update, _ = bound(torch.randn(n), bound.init_state(n))
+    update, _ = bound(torch.randn(n), bound.init_state(_layout(model)))
     update.square().sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in routed.parameters())
 
@@ -76,18 +86,18 @@ def test_a_parameter_left_without_a_net_is_an_error():
     routed = RoutedNets({"conv": CoordinatewiseLSTM()}, {"conv": ["type:_ConvNd"]})
     model = ConvNet()
     with pytest.raises(ConfigError, match="'features.1.weight' matches no route.*BatchNorm2d"):
-        routed.assign([n for n, _ in _layout(model)], model)
+        routed.routes_of(_layout(model))
 
 
 def test_a_pattern_matching_nothing_is_an_error():
     routed = RoutedNets({"a": CoordinatewiseLSTM()}, {"a": ["*", "typo.*"]})
     with pytest.raises(ConfigError, match="typo"):
-        routed.assign(["x.weight"])
+        routed.routes_of(_names("x.weight"))
 
 
 def test_type_patterns_need_the_module():
-    with pytest.raises(ConfigError, match="needs the optimizee module"):
-        _routed().assign(["features.0.weight"])
+    with pytest.raises(ConfigError, match="needs the module that owns 'features.0.weight'"):
+        _routed().routes_of(_names("features.0.weight"))
 
 
 @pytest.mark.parametrize(
@@ -103,37 +113,62 @@ def test_bad_construction(nets, routes, match):
         RoutedNets(nets, routes)
 
 
-def test_unbound_use_is_refused():
-    with pytest.raises(TypeError, match="bind"):
+def test_use_without_a_layout_is_refused():
+    with pytest.raises(ConfigError, match="needs the parameter layout"):
         _routed()(torch.randn(3), None)
+    with pytest.raises(TypeError, match="bind"):
+        _routed().state_shape(3)
 
 
-class PlainNet(nn.Module):
-    """A coordinatewise net with only the basic interface (no forward_split / split_state)."""
+class PlainNet(LearnedOptimizerNet):
+    """A net with only the required interface (state_shape, forward, config): the base's defaults do the rest."""
+
+    coordinate_dim = 2
 
     def __init__(self):
         super().__init__()
         self.inner = CoordinatewiseLSTM(hidden_size=3, preprocess="none")
 
-    def init_state(self, n, device=None, dtype=None):
-        return self.inner.init_state(n, device=device, dtype=dtype)
+    @property
+    def config(self):
+        return {}
 
     def state_shape(self, n):
         return self.inner.state_shape(n)
 
-    def forward(self, grad, state):
+    def forward(self, grad, state, layout=None):
         return self.inner(grad, state)
 
 
-def test_a_net_without_forward_split_is_called_plainly():
+def test_a_net_with_only_the_required_interface_is_routed_like_any_other():
     model = ConvNet()
     plain = PlainNet()
     routed = RoutedNets({"conv": CoordinatewiseLSTM(hidden_size=5), "fc": plain}, {"conv": ["features.*"], "fc": ["head.*"]})
-    bound = routed.bind(_layout(model), model)
+    bound = routed.bind(_layout(model))
     n = sum(p.numel() for p in model.parameters())
     conv_n = sum(p.numel() for name, p in model.named_parameters() if name.startswith("features"))
     grad = torch.randn(n)
-    update, state = bound(grad, bound.init_state(n))
+    update, state = bound(grad, bound.init_state(_layout(model)))
     expected, expected_state = plain(grad[conv_n:], plain.init_state(n - conv_n))
     torch.testing.assert_close(update[conv_n:], expected)
     torch.testing.assert_close(state[1], expected_state)
+
+
+def test_a_module_that_is_not_a_learned_optimizer_net_is_refused_with_the_fix():
+    with pytest.raises(ConfigError, match="Linear, not an l2l_lightning.nets.LearnedOptimizerNet.*subclass"):
+        RoutedNets({"a": nn.Linear(1, 1)}, {"a": ["*"]})
+
+
+def test_bound_nets_step_in_place_like_their_functional_step():
+    """Deployment (per-parameter states, in place) and meta-training (functional) route alike."""
+    model = ConvNet()
+    routed = _routed()
+    layout = _layout(model)
+    bound = routed.bind(layout)
+    grad = torch.randn(layout.numel)
+    update, new_state = bound(grad, bound.init_state(layout))
+    states = [torch.zeros(shape) for shape in bound.state_shapes(layout)]
+    in_place = bound.step_inplace(grad, states, layout)
+    torch.testing.assert_close(in_place, update)
+    for route, (net, members, sub, _) in zip(new_state, bound.parts):
+        torch.testing.assert_close(torch.cat([states[m] for m in members], dim=2), route)

@@ -138,7 +138,7 @@ def test_files_that_are_not_trained_optimizers_are_refused(tmp_path):
         load_net(tmp_path / "wrong.pt")
     not_a_module = {**_record(), "class_path": "collections.OrderedDict"}
     torch.save(not_a_module, tmp_path / "class.pt")
-    with pytest.raises(CheckpointError, match="not an nn.Module"):
+    with pytest.raises(CheckpointError, match="not a learned-optimizer net"):
         load_net(tmp_path / "class.pt")
 
 

@@ -100,8 +100,8 @@ def test_a_group_may_name_its_route():
     "make, match",
     [
         (lambda m, n: LearnedOptimizer(m.parameters(), checkpoint=n), "neither.*module=model.*named_parameters"),
-        (lambda m, n: LearnedOptimizer(m.named_parameters(), checkpoint=n), "'type:_ConvNd' needs the optimizee module"),
-        (lambda m, n: LearnedOptimizer([{"params": m.parameters(), "route": "rnn"}], checkpoint=n), "'rnn' is not one"),
+        (lambda m, n: LearnedOptimizer(m.named_parameters(), checkpoint=n), "'type:_ConvNd' needs the module that owns"),
+        (lambda m, n: LearnedOptimizer([{"params": m.parameters(), "route": "rnn"}], checkpoint=n), "'rnn'.*is not one of the routes"),
         (lambda m, n: LearnedOptimizer(ConvNet().parameters(), checkpoint=n, module=m), "not parameters of `module`"),
         (
             lambda m, n: LearnedOptimizer(m.parameters(), checkpoint=RoutedNets(n.nets, {"conv": ["type:_ConvNd"], "fc": ["type:Linear"]}), module=m),

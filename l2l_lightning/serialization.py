@@ -1,0 +1,114 @@
+"""One format for learned-optimizer nets as plain data, and the keys that carry it.
+
+A net is described by its class and constructor arguments (the form LightningCLI
+writes), never by pickling it, so every file the project writes loads with
+``torch.load(..., weights_only=True)``.  Three places hold such a description, all
+read and written here:
+
+* ``MetaLearner`` checkpoints: ``checkpoint[NET_KEY]`` = the net's spec (its weights are
+  the module's ``net.*`` entries of ``state_dict``);
+* exported files (``l2l-export``): ``{"format": FORMAT, "format_version": …,
+  "class_path", "init_args", "state_dict", "metadata"}``;
+* ``LearnedOptimizer`` state dicts: ``state_dict()[NET_KEY]`` = spec plus a weight
+  fingerprint, so LSTM states are never continued by a different net.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+from typing import Any, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from l2l_lightning.errors import CheckpointError, L2LError
+
+#: The entry naming the net in MetaLearner checkpoints and LearnedOptimizer state dicts.
+NET_KEY = "l2l_net"
+#: The ``format`` tag of exported files, and the newest ``format_version`` this code reads.
+FORMAT = "l2l_lightning.learned_optimizer"
+FORMAT_VERSION = 1
+
+
+def import_class(class_path: str) -> type:
+    """The class named by a dotted ``class_path`` (``CheckpointError`` if it cannot be imported)."""
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"cannot import the net class {class_path!r}: {error}") from error
+    return obj
+
+
+def instantiate_net(spec: Mapping[str, Any], source: str, error: type[L2LError] = CheckpointError) -> nn.Module:
+    """``class_path(**init_args)`` for a net spec; if that fails, an ``error`` naming ``source``.
+
+    ``error`` is :class:`CheckpointError` for specs read from files and
+    :class:`~l2l_lightning.errors.ConfigError` for specs a user wrote in a config.
+    The class must implement :class:`~l2l_lightning.nets.base.LearnedOptimizerNet`.
+    """
+    from l2l_lightning.nets.base import LearnedOptimizerNet  # nets/ imports this module
+
+    if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
+        raise error(f"{source}: expected a net spec {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
+    try:
+        cls = import_class(spec["class_path"])
+    except CheckpointError as failure:
+        raise error(f"{source}: {failure}") from failure
+    if not (isinstance(cls, type) and issubclass(cls, LearnedOptimizerNet)):
+        raise error(
+            f"{source}: class_path {spec['class_path']!r} is not a learned-optimizer net; a net class must "
+            "subclass l2l_lightning.nets.LearnedOptimizerNet"
+        )
+    try:
+        return cls(**dict(spec.get("init_args") or {}))
+    except (TypeError, ValueError) as failure:
+        raise error(f"{source}: cannot build {spec['class_path']} from its settings: {failure}") from failure
+
+
+def net_spec(net: nn.Module) -> dict[str, Any]:
+    """``{"class_path", "init_args"}``: how to rebuild ``net`` (its weights aside)."""
+    from l2l_lightning.nets.base import LearnedOptimizerNet
+
+    if not isinstance(net, LearnedOptimizerNet):
+        raise CheckpointError(
+            f"{type(net).__name__} is not a learned-optimizer net; a net must subclass "
+            "l2l_lightning.nets.LearnedOptimizerNet (which also gives it a `spec`)"
+        )
+    spec = net.spec
+    return {"class_path": spec["class_path"], "init_args": dict(spec["init_args"])}
+
+
+def fingerprint(net: nn.Module) -> str:
+    """A short hash of the net's class, settings and exact weights.
+
+    Stored in exported files and optimizer state dicts, so that LSTM states are never
+    silently continued by a *different* net that merely has the same shapes.
+    """
+    digest = hashlib.sha256(json.dumps(net_spec(net), sort_keys=True, default=str).encode())
+    for key, value in sorted(net.state_dict().items()):
+        tensor = value.detach().to("cpu").contiguous().reshape(-1)
+        digest.update(f"{key}:{tensor.dtype}:{tuple(value.shape)}".encode())
+        digest.update(tensor.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def build_net(
+    class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
+) -> nn.Module:
+    """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
+    net = instantiate_net({"class_path": class_path, "init_args": init_args}, source)
+    try:
+        net.load_state_dict(dict(state_dict), strict=True)
+    except (TypeError, RuntimeError, ValueError) as error:
+        raise CheckpointError(f"{source}: cannot load the weights of {class_path}: {error}") from error
+    return net.eval().requires_grad_(False)
+
+
+def net_weights_from_checkpoint(checkpoint: Mapping[str, Any]) -> dict[str, Tensor]:
+    """The net's weights in a ``MetaLearner`` checkpoint (its ``net.*`` state-dict entries)."""
+    return {k[len("net.") :]: v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
