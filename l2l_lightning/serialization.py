@@ -1,9 +1,10 @@
 """One format for learned-optimizer nets as plain data, and the keys that carry it.
 
 A net is described by its class and constructor arguments (the form LightningCLI
-writes), never by pickling it, so every file the project writes loads with
-``torch.load(..., weights_only=True)``.  Three places hold such a description, all
-read and written here:
+writes; :attr:`LearnedOptimizerNet.spec <l2l_lightning.nets.LearnedOptimizerNet.spec>` and
+:meth:`~l2l_lightning.nets.LearnedOptimizerNet.from_spec`), never by pickling it, so every
+file the project writes loads with ``torch.load(..., weights_only=True)``.  Three places
+hold such a description, all read and written through here:
 
 * ``MetaLearner`` checkpoints: ``checkpoint[NET_KEY]`` = the net's spec (its weights are
   the module's ``net.*`` entries of ``state_dict``);
@@ -16,14 +17,14 @@ read and written here:
 from __future__ import annotations
 
 import hashlib
-import importlib
 import json
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from l2l_lightning.errors import CheckpointError, L2LError
+from l2l_lightning.errors import CheckpointError
+from l2l_lightning.nets.base import LearnedOptimizerNet
 
 #: The entry naming the net in MetaLearner checkpoints and LearnedOptimizer state dicts.
 NET_KEY = "l2l_net"
@@ -32,48 +33,8 @@ FORMAT = "l2l_lightning.learned_optimizer"
 FORMAT_VERSION = 1
 
 
-def import_class(class_path: str) -> type:
-    """The class named by a dotted ``class_path`` (``CheckpointError`` if it cannot be imported)."""
-    module_name, _, attr = class_path.rpartition(".")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in attr.split("."):
-            obj = getattr(obj, part)
-    except (ImportError, AttributeError, ValueError) as error:
-        raise CheckpointError(f"cannot import the net class {class_path!r}: {error}") from error
-    return obj
-
-
-def instantiate_net(spec: Mapping[str, Any], source: str, error: type[L2LError] = CheckpointError) -> nn.Module:
-    """``class_path(**init_args)`` for a net spec; if that fails, an ``error`` naming ``source``.
-
-    ``error`` is :class:`CheckpointError` for specs read from files and
-    :class:`~l2l_lightning.errors.ConfigError` for specs a user wrote in a config.
-    The class must implement :class:`~l2l_lightning.nets.base.LearnedOptimizerNet`.
-    """
-    from l2l_lightning.nets.base import LearnedOptimizerNet  # nets/ imports this module
-
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
-        raise error(f"{source}: expected a net spec {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
-    try:
-        cls = import_class(spec["class_path"])
-    except CheckpointError as failure:
-        raise error(f"{source}: {failure}") from failure
-    if not (isinstance(cls, type) and issubclass(cls, LearnedOptimizerNet)):
-        raise error(
-            f"{source}: class_path {spec['class_path']!r} is not a learned-optimizer net; a net class must "
-            "subclass l2l_lightning.nets.LearnedOptimizerNet"
-        )
-    try:
-        return cls(**dict(spec.get("init_args") or {}))
-    except (TypeError, ValueError) as failure:
-        raise error(f"{source}: cannot build {spec['class_path']} from its settings: {failure}") from failure
-
-
 def net_spec(net: nn.Module) -> dict[str, Any]:
     """``{"class_path", "init_args"}``: how to rebuild ``net`` (its weights aside)."""
-    from l2l_lightning.nets.base import LearnedOptimizerNet
-
     if not isinstance(net, LearnedOptimizerNet):
         raise CheckpointError(
             f"{type(net).__name__} is not a learned-optimizer net; a net must subclass "
@@ -101,7 +62,7 @@ def build_net(
     class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
 ) -> nn.Module:
     """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
-    net = instantiate_net({"class_path": class_path, "init_args": init_args}, source)
+    net = LearnedOptimizerNet.from_spec({"class_path": class_path, "init_args": init_args}, source)
     try:
         net.load_state_dict(dict(state_dict), strict=True)
     except (TypeError, RuntimeError, ValueError) as error:

@@ -37,7 +37,7 @@ from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
-from l2l_lightning.serialization import NET_KEY, instantiate_net
+from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -402,5 +402,5 @@ class MetaLearner(L.LightningModule):
         _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
-            self.net = instantiate_net(spec, f"the checkpoint's {NET_KEY}").to(self.device)
+            self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
             self._carry = None

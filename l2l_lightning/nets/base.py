@@ -18,10 +18,14 @@ loading (and nothing else about a net is assumed anywhere):
   ``n`` coordinates is one tensor with the coordinates along ``coordinate_dim``, so a
   deployed optimizer keeps one state tensor per parameter and concatenates them freely;
 * :meth:`~LearnedOptimizerNet.step_inplace`: the no-grad deployment step over per-tensor
-  states, updated in place (a default that calls ``forward`` is provided; the LSTM
-  overrides it with the chunked runtime);
-* :attr:`~LearnedOptimizerNet.config`: the constructor arguments as plain data, which is
-  how checkpoints and exported files describe a net (:mod:`l2l_lightning.serialization`);
+  states, updated in place.  A net that offers a :class:`ChunkKernel` (its maths for one
+  chunk of coordinates, :meth:`~LearnedOptimizerNet.chunk_kernel`) is run by the deployment
+  runtime (:mod:`l2l_lightning.optim.runtime`: chunks, threads, compile); any other net by
+  one call of ``forward`` over the concatenated states;
+* :attr:`~LearnedOptimizerNet.config`: the constructor arguments as plain data;
+  :attr:`~LearnedOptimizerNet.spec` (``{"class_path", "init_args"}``) and
+  :meth:`~LearnedOptimizerNet.from_spec` are how checkpoints and exported files describe and
+  rebuild a net (the file formats around them: :mod:`l2l_lightning.serialization`);
 * :meth:`~LearnedOptimizerNet.bind`: the net as applied to one layout.  Plain nets return
   themselves; :class:`~l2l_lightning.nets.RoutedNets` returns its routed form.  Binding is
   where a layout that cannot work (an unmatched route, a global average over a layout
@@ -36,15 +40,16 @@ per-layer ``(h, c)`` tensors).  This mirrors google/learned_optimization's
 
 from __future__ import annotations
 
+import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Literal, Optional, Sequence
+from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
 
 #: What a global statistic (e.g. the averaged cells of LSTM+GAC) is taken over.
 AverageOver = Literal["optimizee", "tensor"]
@@ -196,6 +201,32 @@ class LearnedOptimizerNet(nn.Module, ABC):
         """``{"class_path", "init_args"}``: how checkpoints and exported files name this net."""
         return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.config}
 
+    @staticmethod
+    def from_spec(
+        spec: Mapping[str, Any], source: str, error: type[L2LError] = CheckpointError
+    ) -> "LearnedOptimizerNet":
+        """``class_path(**init_args)`` for a spec (untrained weights); if that fails, an ``error`` naming ``source``.
+
+        ``error`` is :class:`~l2l_lightning.errors.CheckpointError` for specs read from files
+        and :class:`~l2l_lightning.errors.ConfigError` for specs a user wrote in a config.
+        The class must be a :class:`LearnedOptimizerNet`.
+        """
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
+            raise error(f"{source}: expected a net spec {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
+        try:
+            cls = import_class(spec["class_path"])
+        except CheckpointError as failure:
+            raise error(f"{source}: {failure}") from failure
+        if not (isinstance(cls, type) and issubclass(cls, LearnedOptimizerNet)):
+            raise error(
+                f"{source}: class_path {spec['class_path']!r} is not a learned-optimizer net; a net class must "
+                "subclass l2l_lightning.nets.LearnedOptimizerNet"
+            )
+        try:
+            return cls(**dict(spec.get("init_args") or {}))
+        except (TypeError, ValueError) as failure:
+            raise error(f"{source}: cannot build {spec['class_path']} from its settings: {failure}") from failure
+
     def init_state(
         self, layout: "Layout | int", device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
     ) -> Any:
@@ -236,11 +267,21 @@ class LearnedOptimizerNet(nn.Module, ABC):
         """:meth:`forward` on a carried state (see :meth:`split_state`); the unroll calls this."""
         return self(grad, carried, layout)
 
+    def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> "Optional[ChunkKernel]":
+        """This net's maths for one chunk of coordinates, for the chunked deployment runtime
+        (``None``: deployment runs :meth:`forward` over all coordinates at once)."""
+        return None
+
+    def compute_dtype(self, grad_dtype: torch.dtype) -> torch.dtype:
+        """The dtype the arithmetic runs in: the wider of the gradient's and the net's weights'."""
+        weight = next(self.parameters(), None)
+        return grad_dtype if weight is None else torch.promote_types(grad_dtype, weight.dtype)
+
     @torch.no_grad()
     def step_inplace(
         self,
         grad: Tensor,
-        states: Sequence[Tensor],
+        states: "Tensor | Sequence[Tensor]",
         layout: "Layout | int | None" = None,
         *,
         out: Optional[Tensor] = None,
@@ -249,14 +290,44 @@ class LearnedOptimizerNet(nn.Module, ABC):
     ) -> Tensor:
         """The deployment step: ``states`` (one per segment of ``layout``) advance in place.
 
+        Args:
+            grad: the flat gradient of all segments.
+            states: one state per segment of ``layout`` (default layout: one flat tensor per
+                state, in ``grad``'s order), any float dtype each.
+            out: where to write the update (``grad``'s shape and dtype); allocated if ``None``.
+            keep: optional 0-d bool tensor on the device; where it is ``False`` no state
+                changes, decided on the device without a host synchronisation.
+            options: :class:`~l2l_lightning.optim.runtime.StepOptions` (chunk size, compile, threads).
+
         Returns the flat update.  Coordinates whose update is non-finite get a zero state
-        (a fresh start where the net diverged); where ``keep`` (a 0-d bool tensor) is
-        ``False`` no state changes, decided without a host synchronisation.  This default
-        concatenates the states, runs :meth:`forward` and writes them back; nets with a
-        cheaper way (the LSTM's chunked runtime) override it.  ``options`` carries the
-        runtime settings (:class:`l2l_lightning.optim.runtime.StepOptions`) to nets that use them.
+        (a fresh start where the net diverged; the update is left non-finite for the caller
+        to see).  A net with a :meth:`chunk_kernel` runs through the deployment runtime
+        (chunked, in place, threads, compile); any other net through one :meth:`forward`
+        over the concatenated states, written back.
         """
+        if grad.dim() != 1 or not grad.is_floating_point():
+            raise ValueError(f"grad must be a 1-D floating-point tensor, got {grad.dtype} of shape {tuple(grad.shape)}")
+        states = [states] if isinstance(states, Tensor) else list(states)
         dim = self.coordinate_dim
+        if layout is None:
+            layout = Layout.flat(grad.shape[0]) if len(states) == 1 else Layout(
+                Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states)
+            )
+        layout = as_layout(layout)
+        layout.check(grad)
+        if len(states) != len(layout):
+            raise ValueError(f"{len(states)} states for a layout of {len(layout)} tensors; give one state per tensor")
+        for state, expected in zip(states, self.state_shapes(layout)):
+            if tuple(state.shape) != tuple(expected):
+                raise ValueError(
+                    f"a state has shape {tuple(state.shape)}, expected {tuple(expected)}; create it with "
+                    "net.init_state(numel) for each tensor"
+                )
+        kernel = self.chunk_kernel(self.compute_dtype(grad.dtype), grad.device)
+        if kernel is not None:
+            from l2l_lightning.optim.runtime import step_chunked  # the runtime is deployment's, not the net's
+
+            return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
         update, new_state = self(grad, torch.cat(list(states), dim=dim), layout)
         shape = [1] * new_state.dim()
         shape[dim] = -1
@@ -310,3 +381,15 @@ class ChunkKernel(ABC):
         """``(fn, args)`` with ``fn(grad, state, *args) -> (update, new_state)`` pure, for
         ``torch.compile`` (same maths as ``__call__``), or ``None`` if the kernel is not compilable."""
         return None
+
+
+def import_class(class_path: str) -> type:
+    """The class named by a dotted ``class_path`` (``CheckpointError`` if it cannot be imported)."""
+    module_name, _, attr = class_path.rpartition(".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError, ValueError) as error:
+        raise CheckpointError(f"cannot import the net class {class_path!r}: {error}") from error
+    return obj

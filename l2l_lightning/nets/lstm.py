@@ -16,9 +16,10 @@ One function, two ways to run it:
   handful of nodes per inner step instead of ~40.  The unroll carries the state as
   per-layer ``(h, c)`` tensors (:meth:`~CoordinatewiseLSTM.split_state`), so no state is
   stacked or sliced per step.
-* :meth:`CoordinatewiseLSTM.step_inplace` (deployment, no autograd): chunks of
-  ``chunk_size`` coordinates, each chunk's temporaries sized for the cache, the state
-  updated in place; optionally ``torch.compile``-d.
+* :meth:`~CoordinatewiseLSTM.step_inplace` (deployment, no autograd): the net's
+  :meth:`~CoordinatewiseLSTM.chunk_kernel` run by the deployment runtime
+  (:mod:`l2l_lightning.optim.runtime`) in chunks sized for the cache, the state updated
+  in place; optionally ``torch.compile``-d.
 
 Both run the same arithmetic (:func:`_cell_`): the four gates are one matrix product on
 ``[input, h]`` followed by one ``sigmoid`` (the g rows of the weight are doubled and
@@ -40,7 +41,7 @@ from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from l2l_lightning.errors import ConfigError, check_positive_int
-from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, Segment, as_layout
+from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, as_layout
 from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess, preprocess_into
 
 
@@ -295,10 +296,6 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
         if not grad.is_floating_point():
             raise TypeError(f"grad must be a floating-point tensor, got {grad.dtype}")
 
-    def compute_dtype(self, grad_dtype: torch.dtype) -> torch.dtype:
-        """The dtype the arithmetic runs in: the wider of the gradient's and the net's."""
-        return torch.promote_types(grad_dtype, self.output.weight.dtype)
-
     def forward(self, grad: Tensor, state: Tensor, layout: "Layout | int | None" = None) -> tuple[Tensor, Tensor]:
         """One optimizer step for ``n`` coordinates.
 
@@ -361,51 +358,15 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
         return h
 
     # ------------------------------------------------------------ deployment step
-    def step_inplace(
-        self,
-        grad: Tensor,
-        states: "Tensor | Sequence[Tensor]",
-        layout: "Layout | int | None" = None,
-        *,
-        out: Optional[Tensor] = None,
-        keep: Optional[Tensor] = None,
-        options: Any = None,
-    ) -> Tensor:
-        """:meth:`forward` without autograd, in cache-sized chunks, updating the states in place.
-
-        Args:
-            grad: 1-D gradient of ``n`` coordinates.
-            states: one ``(num_layers, 2, n_i, hidden)`` state per tensor of ``layout``
-                (default layout: one tensor per state, in ``grad``'s order); any float dtype
-                each (bf16 is computed in float32 and rounded back).
-            out: where to write the update (``(n,)``, ``grad``'s dtype); allocated if ``None``.
-            keep: optional 0-d bool tensor on the device; where it is ``False`` the states are
-                left as they were, decided on the device without a host synchronisation.
-            options: :class:`~l2l_lightning.optim.runtime.StepOptions` (chunk size, compile, threads).
-
-        The chunking, threads, compilation and the reset of diverged coordinates are the
-        deployment runtime's (:func:`l2l_lightning.optim.runtime.step_chunked`); this net
-        contributes its kernel (:meth:`chunk_kernel`).
-        """
-        from l2l_lightning.optim.runtime import check_states, step_chunked  # nets/ does not need optim/ otherwise
-
-        self._check(grad)
-        states = [states] if isinstance(states, Tensor) else list(states)
-        if layout is None:
-            layout = Layout.flat(grad.shape[0]) if len(states) == 1 else _layout_of_states(states, self.coordinate_dim)
-        layout = as_layout(layout)
-        kernel = self.chunk_kernel(self.compute_dtype(grad.dtype), grad.device)
-        check_states(kernel, grad, states, layout)
-        return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
-
     def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> ChunkKernel:
-        """The LSTM's arithmetic for one chunk (weights converted once, g rows doubled)."""
+        """The LSTM's arithmetic for one chunk (weights converted once, g rows doubled).
+
+        :meth:`~l2l_lightning.nets.LearnedOptimizerNet.step_inplace` (deployment) runs it
+        through :func:`l2l_lightning.optim.runtime.step_chunked`: in cache-sized chunks, each
+        layer one matrix product on ``[input, h]``, the states updated in place (bf16 states
+        computed in float32 and rounded back), chunks shared over threads on CPU.
+        """
         return _LSTMKernel(self, dtype, device)
-
-
-def _layout_of_states(states: Sequence[Tensor], dim: int) -> Layout:
-    """A layout with one flat tensor per state (deployment without names: every tensor its own segment)."""
-    return Layout(Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states))
 
 
 class _LSTMKernel(ChunkKernel):

@@ -31,13 +31,12 @@ from torch.utils._pytree import tree_map
 
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment
-from l2l_lightning.serialization import instantiate_net
 
 NetOrSpec = Union[nn.Module, Mapping[str, Any]]
 
 
 def _build(route: str, spec: NetOrSpec) -> LearnedOptimizerNet:
-    net = spec if isinstance(spec, nn.Module) else instantiate_net(spec, f"RoutedNets: net {route!r}", ConfigError)
+    net = spec if isinstance(spec, nn.Module) else LearnedOptimizerNet.from_spec(spec, f"RoutedNets: net {route!r}", ConfigError)
     if not isinstance(net, LearnedOptimizerNet):
         raise ConfigError(
             f"RoutedNets: net {route!r} is a {type(net).__name__}, not an l2l_lightning.nets.LearnedOptimizerNet; "

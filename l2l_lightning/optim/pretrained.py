@@ -223,7 +223,7 @@ def plain(value: Any, depth: int = 0) -> Any:
 def _versions(checkpoint: Mapping[str, Any]) -> dict[str, Optional[str]]:
     import lightning
 
-    from l2l_lightning import __version__
+    from l2l_lightning.version import __version__
 
     return plain(
         {

@@ -21,8 +21,9 @@ a step runs, separate from the net's maths (:class:`~l2l_lightning.nets.base.Chu
   non-finite for the caller to see.  With ``keep`` (a 0-d device bool), states are
   only written where it is true, decided without a host synchronisation.
 
-:class:`~l2l_lightning.nets.CoordinatewiseLSTM` (and nets built on it) call
-:func:`step_chunked` from their ``step_inplace``; the optimizer calls ``step_inplace``.
+A net offers its kernel through :meth:`~l2l_lightning.nets.LearnedOptimizerNet.chunk_kernel`;
+its :meth:`~l2l_lightning.nets.LearnedOptimizerNet.step_inplace`, which the optimizer calls,
+then runs :func:`step_chunked`.
 """
 
 from __future__ import annotations
@@ -229,20 +230,6 @@ def step_chunked(
     threads = options.threads or torch.get_num_threads()
     _run_chunks_in_threads(tasks, lambda: _Workspace(kernel, rows, device), threads)
     return out
-
-
-def check_states(kernel: ChunkKernel, grad: Tensor, states: Sequence[Tensor], layout: Layout) -> None:
-    """Refuse states that do not fit ``layout`` (one per segment, ``state_shape(numel)`` each)."""
-    layout.check(grad)
-    if len(states) != len(layout):
-        raise ValueError(f"{len(states)} states for a layout of {len(layout)} tensors; give one state per tensor")
-    for seg, size in zip(states, layout.sizes):
-        expected = kernel.state_shape(size)
-        if tuple(seg.shape) != tuple(expected):
-            raise ValueError(
-                f"a state has shape {tuple(seg.shape)}, expected {tuple(expected)} for {size} coordinates; "
-                f"create it with net.init_state({size})"
-            )
 
 
 #: ATen uses OpenMP here, whose thread count is per calling thread (the chunk threads rely on it).

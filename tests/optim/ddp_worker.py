@@ -1,6 +1,8 @@
 """Run by ``test_ddp.py``: train the example MLP with LearnedOptimizer under DDP (2 CPU processes).
 
-``python tests/optim/ddp_worker.py OUT_DIR``; Lightning relaunches this script for rank 1.
+``python tests/optim/ddp_worker.py OUT_DIR [lstm|gac]``; Lightning relaunches this script for rank 1.
+With ``gac`` the net is an LSTM+GAC, whose averages over all coordinates must also agree
+on every rank (they do without communication: every rank steps the same all-reduced gradients).
 Each rank writes ``OUT_DIR/rank{r}.pt`` with its parameters and optimizer state, so the
 test can check that every rank ends with identical parameters and LSTM states.
 """
@@ -14,19 +16,22 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from l2l_lightning import CoordinatewiseLSTM
+from l2l_lightning import CoordinatewiseLSTM, GlobalAveragingLSTM
 
 REPO = Path(__file__).resolve().parents[2]
 
 
-def main(out_dir: Path) -> None:
+def main(out_dir: Path, kind: str = "lstm") -> None:
     torch.set_num_threads(1)
     spec = importlib.util.spec_from_file_location("example", REPO / "examples" / "mlp_with_learned_optimizer.py")
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
 
     torch.manual_seed(1234)
-    net = CoordinatewiseLSTM(hidden_size=8, preprocess="log_sign", output_scale=0.01)
+    if kind == "gac":
+        net = GlobalAveragingLSTM(hidden_size=8, preprocess="log_sign", output_scale=0.01, global_cells=3)
+    else:
+        net = CoordinatewiseLSTM(hidden_size=8, preprocess="log_sign", output_scale=0.01)
     L.seed_everything(0, verbose=False)
     model, callbacks = example.build("callback", net, shuffle=True)  # ranks see different batches
     initial = [p.detach().clone() for p in model.parameters()]
@@ -58,4 +63,4 @@ def main(out_dir: Path) -> None:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]))
+    main(Path(sys.argv[1]), *sys.argv[2:3])

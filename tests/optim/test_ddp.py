@@ -14,12 +14,13 @@ WORKER = Path(__file__).with_name("ddp_worker.py")
 
 
 @pytest.mark.slow
-def test_ddp_ranks_end_identical(tmp_path):
+@pytest.mark.parametrize("kind", ["lstm", "gac"])
+def test_ddp_ranks_end_identical(tmp_path, kind):
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
     for key in ("LOCAL_RANK", "NODE_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     result = subprocess.run(
-        [sys.executable, str(WORKER), str(tmp_path)], env=env, capture_output=True, text=True, timeout=240
+        [sys.executable, str(WORKER), str(tmp_path), kind], env=env, capture_output=True, text=True, timeout=240
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]

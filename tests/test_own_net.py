@@ -1,0 +1,81 @@
+"""A user's own net (``examples/per_coordinate_mlp.py``, shown in the README) through every door:
+YAML ``class_path`` for ``l2l fit``, resume, export, and ``LearnedOptimizer`` by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from l2l_lightning import LearnedOptimizer, MetaLearner, QuadraticTask
+from l2l_lightning.cli import main
+from l2l_lightning.optim.pretrained import export
+from tests.conftest import tiny_trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "quadratic.yaml")
+FAST = [
+    "--trainer.enable_progress_bar", "false",
+    "--model.num_steps", "4",
+    "--model.unroll", "2",
+    "--model.truncations_per_epoch", "3",
+    "--model.val_problems", "1",
+    "--model.baseline_lrs", "[0.01, 0.1]",
+    "--model.task.init_args.num_problems", "8",
+]  # fmt: skip
+
+
+@pytest.fixture
+def own_net(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    from per_coordinate_mlp import PerCoordinateMLP
+
+    return PerCoordinateMLP
+
+
+def test_it_meta_trains(own_net, tmp_path):
+    torch.manual_seed(0)
+    learner = MetaLearner(task=QuadraticTask(dim=3, num_problems=8), net=own_net(hidden_size=8), num_steps=4, unroll=2)
+    before = [p.detach().clone() for p in learner.net.parameters()]
+    tiny_trainer(tmp_path, max_steps=6).fit(learner)
+    after = list(learner.net.parameters())
+    assert all(torch.isfinite(p).all() for p in after)
+    assert all(not torch.equal(a, b) for a, b in zip(before, after))
+
+
+@pytest.mark.slow
+def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path):
+    args = ["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+            "--model.net", "per_coordinate_mlp.PerCoordinateMLP", "--model.net.init_args.hidden_size", "8"]  # fmt: skip
+    main([*args, "--trainer.max_steps", "3", "--test_after_fit", "false"])
+    (last,) = tmp_path.glob("quadratic/version_0/checkpoints/last.ckpt")
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["l2l_net"] == {
+        "class_path": "per_coordinate_mlp.PerCoordinateMLP",
+        "init_args": {"hidden_size": 8, "decays": [0.5, 0.9, 0.99], "step_scale": 0.01},
+    }
+
+    main([*args, "--trainer.max_steps", "5", "--ckpt_path", str(last), "--test_after_fit", "false"])
+    resumed = torch.load(tmp_path / "quadratic/version_1/checkpoints/last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 5
+
+    exported = export(tmp_path / "quadratic/version_1/checkpoints/last.ckpt", tmp_path / "mine.pt")
+    model = nn.Linear(3, 2)
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint=str(exported))
+    assert isinstance(optimizer.net, own_net)
+    params = list(model.parameters())
+    state = optimizer.net.init_state(sum(p.numel() for p in params))
+    for step in range(3):
+        generator = torch.Generator().manual_seed(step)
+        for p in params:
+            p.grad = torch.randn(p.shape, generator=generator)
+        before = torch.cat([p.detach().reshape(-1) for p in params])
+        expected, state = optimizer.net(torch.cat([p.grad.reshape(-1) for p in params]), state)
+        optimizer.step()
+        torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]) - before, expected)
+    assert optimizer.state[params[0]]["lstm"].shape == (4, 6)  # the net's own state shape, per parameter
+    again = LearnedOptimizer(model.parameters(), checkpoint=str(exported))
+    again.load_state_dict(optimizer.state_dict())
+    assert torch.equal(again.state[params[0]]["lstm"], optimizer.state[params[0]]["lstm"])
