@@ -38,6 +38,7 @@ from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.nets.routed import RoutedNets
 from l2l_lightning.nets.spec import instantiate_net
+from l2l_lightning.safe_load import check_spec_allowed, load_plain
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -391,8 +392,10 @@ class MetaLearner(L.LightningModule):
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
         """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files
             _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
+            hparams = checkpoint.get("hyper_parameters")
+            check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -400,5 +403,6 @@ class MetaLearner(L.LightningModule):
         _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
         spec = checkpoint["l2l_net"]
         if spec != self.net.spec:
+            check_spec_allowed(spec, "the checkpoint's l2l_net")  # a file may only name allowed net classes
             self.net = instantiate_net(spec, "the checkpoint's l2l_net").to(self.device)
             self._carry = None
