@@ -87,6 +87,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import math
 import os
 import warnings
 from collections.abc import Iterable, Iterator
@@ -128,14 +129,39 @@ def _state_dtype_name(value: Union[str, torch.dtype]) -> str:
 
 def _check_lr(lr: Any) -> None:
     value = lr.item() if isinstance(lr, Tensor) and lr.numel() == 1 else lr
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"lr={lr!r} must be a non-negative number (it multiplies the learned update)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"lr={lr!r} must be a finite non-negative number (it multiplies the learned update)")
 
 
 def _check_compile(value: Any) -> Union[bool, str]:
     if value is True or value is False or value == "auto":
         return value
     raise ConfigError(f"compile={value!r}; allowed: True, False or 'auto' (compile on CUDA only)")
+
+
+def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
+    make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
+    ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
+    threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
+    (``compile="auto"``), by the optimizer, outside the caller's graph."""
+    return torch._dynamo.disable(step, recursive=True)
+
+
+def _check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
+    """Refuse to step with a non-finite lr (a scheduler can set one after construction): ``lr · update``
+    would write inf/NaN into every parameter.  Tensor lrs on an accelerator are not read (no host sync)."""
+    for index, group in enumerate(param_groups):
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.device.type != "cpu":
+            continue
+        try:
+            _check_lr(lr)
+        except ConfigError as error:
+            raise ConfigError(
+                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
+                "or state changed (did an LR scheduler set it?)"
+            ) from None
 
 
 def _step_flat(
@@ -494,6 +520,7 @@ class LearnedOptimizer(Optimizer):
         devices = {b.grad.device for b in buckets}
         return len(devices) == 1 and next(iter(devices)).type != "cpu"
 
+    @_not_traced
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimization step over every parameter that has a gradient.
@@ -513,6 +540,7 @@ class LearnedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._report_skipped(block=False)
+        _check_group_lrs(self.param_groups)
         threads = torch.get_num_threads()
         with _one_intra_op_thread():
             buckets = self._buckets()
