@@ -252,7 +252,8 @@ class LearnedOptimizer(Optimizer):
         checkpoint: the trained net: a shipped name (``"quadratic"``, see
             :func:`l2l_lightning.optim.pretrained.available`), a path to an exported file,
             a path to a ``MetaLearner`` Lightning checkpoint (``*.ckpt``), or a net instance
-            (copied: later changes to it do not reach the optimizer).
+            (copied: later changes to it do not reach the optimizer).  A bare name is never
+            a file (``"./quadratic"`` is); see :func:`l2l_lightning.optim.pretrained.load_net`.
         lr: multiplies the net's update (``θ ← θ + lr · update``); 1.0 reproduces the
             trained behaviour.  Per group, and what LR schedulers change.
         state_dtype: dtype of the per-coordinate LSTM state, per group: ``"float32"``

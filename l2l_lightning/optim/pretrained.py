@@ -206,7 +206,11 @@ def load_net(spec: NetSpec) -> nn.Module:
     Args:
         spec: a shipped name (``"quadratic"``, see :func:`available`), a path to an exported
             file, a path to a ``MetaLearner`` Lightning checkpoint (``*.ckpt``), or an
-            ``nn.Module`` (returned as it is: callers that must not share it copy it).
+            ``nn.Module`` (returned as it is: callers that must not share it copy it).  A bare
+            name (no path separator, no suffix) is always a shipped optimizer, never a file of
+            that name in the working directory; ``"./quadratic"`` is the file.  Files are read
+            without unpickling objects and may only name allowed net classes
+            (:mod:`l2l_lightning.safe_load`).
     """
     if isinstance(spec, nn.Module):
         return spec
