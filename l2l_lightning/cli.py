@@ -9,13 +9,18 @@ evaluated on the held-out test problems unless ``--test_after_fit false``.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any, Optional
 
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
-from l2l_lightning.errors import ConfigError, L2LError
-from l2l_lightning.meta.module import MetaLearner
+from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
+from l2l_lightning.meta.module import MetaLearner, _check_is_meta_learner_checkpoint
+from l2l_lightning.optim.pretrained import FORMAT as EXPORT_FORMAT
+from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
+from l2l_lightning.safe_load import load_plain
 
 
 class L2LCLI(LightningCLI):
@@ -45,6 +50,7 @@ class L2LCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
+        check_ckpt_path(config.get("ckpt_path"))
         if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
             # LightningCLI would silently ignore it: the scheduler needs the optimizer it schedules.
             raise ConfigError(
@@ -52,12 +58,57 @@ class L2LCLI(LightningCLI):
                 "also give --optimizer (e.g. --optimizer torch.optim.Adam --optimizer.lr 0.001)"
             )
 
+    def instantiate_trainer(self, **kwargs: Any) -> Any:
+        """Lightning's trainer, saving its checkpoints atomically unless a checkpoint IO plugin was given.
+
+        Lightning's own save writes a temporary file in the system's temp folder and moves it over
+        the checkpoint, which is a plain copy (a crash leaves half a file) when that folder is on
+        another file system, and never fsyncs; :class:`~l2l_lightning.meta.checkpoint_io.AtomicCheckpointIO`
+        writes next to the checkpoint, fsyncs and renames.
+        """
+        trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+        return trainer
+
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
             callback = self.trainer.checkpoint_callback
             # "best" only exists once a validation ran; otherwise test the weights as they are.
             ckpt = "best" if callback is not None and getattr(callback, "best_model_path", "") else None
             self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
+
+
+#: ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.
+_LIGHTNING_CKPT_KEYWORDS = ("best", "last", "hpc")
+
+
+def check_ckpt_path(ckpt_path: Any) -> None:
+    """Before Lightning reads ``--ckpt_path``: one clear error if it is not a MetaLearner checkpoint.
+
+    Lightning would fail deep inside with a bare ``KeyError``, ``UnpicklingError`` or
+    ``OSError`` for an exported optimizer, a file of random bytes or a truncated file.  The
+    file is read here once more with ``weights_only=True`` (a MetaLearner checkpoint is a
+    few hundred kB, so reading it twice costs nothing worth a traceback).
+    """
+    if not isinstance(ckpt_path, (str, os.PathLike)):
+        return
+    text = str(ckpt_path)
+    if text in _LIGHTNING_CKPT_KEYWORDS or text.startswith("registry") or "://" in text:
+        return
+    checkpoint = load_plain(ckpt_path)
+    if isinstance(checkpoint, dict) and checkpoint.get("format") == EXPORT_FORMAT:
+        raise CheckpointError(
+            f"--ckpt_path {text} is an exported learned optimizer (written by l2l-export), not a MetaLearner "
+            "checkpoint: pass a .ckpt written by `l2l fit`; to use an exported optimizer, give it to "
+            "`l2l compare --learned` or to LearnedOptimizer(checkpoint=...)"
+        )
+    if not isinstance(checkpoint, dict) or "pytorch-lightning_version" not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"--ckpt_path {text} is not a Lightning checkpoint (no 'pytorch-lightning_version' and 'state_dict'); "
+            "pass a .ckpt written by `l2l fit`"
+        )
+    _check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
 
 
 def compare_main(args: list[str]) -> None:

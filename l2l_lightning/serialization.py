@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
 from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.safe_load import check_spec_allowed
 
 #: The entry naming the net in MetaLearner checkpoints and LearnedOptimizer state dicts.
 NET_KEY = "l2l_net"
@@ -61,7 +62,12 @@ def fingerprint(net: nn.Module) -> str:
 def build_net(
     class_path: str, init_args: Mapping[str, Any], state_dict: Mapping[str, Tensor], source: str
 ) -> nn.Module:
-    """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it."""
+    """Instantiate ``class_path(**init_args)``, load ``state_dict`` strictly, freeze it.
+
+    ``source`` is a file: its class paths must name allowed modules (see :mod:`l2l_lightning.safe_load`),
+    checked before anything is imported.
+    """
+    check_spec_allowed({"class_path": class_path, "init_args": init_args}, source)
     net = LearnedOptimizerNet.from_spec({"class_path": class_path, "init_args": init_args}, source)
     try:
         net.load_state_dict(dict(state_dict), strict=True)

@@ -130,7 +130,10 @@ def test_ddp_with_two_cpu_processes_draws_different_problems_and_keeps_weights_i
 def test_ddp_from_the_command_line(tmp_path):
     args = ["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
             "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "2"]  # fmt: skip
-    proc = subprocess.run(["l2l", *args], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    # through this interpreter, not `l2l` on PATH: the suite must pass from a venv that is not activated
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-m", "l2l_lightning.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/mean_loss" in proc.stdout
 
@@ -157,3 +160,74 @@ def test_every_compare_config_parses(config, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--config", str(config), "--print_config"])
     assert exit_info.value.code == 0 and "learned:" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def fitted_ckpt(tmp_path_factory):
+    """A real MetaLearner checkpoint from `l2l fit` (the last one)."""
+    out = tmp_path_factory.mktemp("fit")
+    main(["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(out), *FAST, "--test_after_fit", "false"])
+    return next(out.glob("quadratic/version_*/checkpoints/last.ckpt"))
+
+
+def _not_a_meta_learner_checkpoint(kind, fitted_ckpt, path):
+    if kind == "exported":
+        from l2l_lightning.optim.pretrained import export
+
+        export(fitted_ckpt, path)
+    elif kind == "random bytes":
+        path.write_bytes(os.urandom(4096))
+    elif kind == "truncated":
+        data = fitted_ckpt.read_bytes()
+        path.write_bytes(data[: len(data) // 2])
+    elif kind == "plain dict":
+        torch.save({"weights": torch.zeros(3)}, path)
+    return path
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("exported", "is an exported learned optimizer (written by l2l-export), not a MetaLearner checkpoint"),
+        ("random bytes", "cannot be read by torch.load"),
+        ("truncated", "cannot be read by torch.load"),
+        ("plain dict", "is not a Lightning checkpoint"),
+    ],
+)
+@pytest.mark.parametrize("subcommand", ["test", "fit"])
+def test_a_ckpt_path_that_is_not_a_meta_learner_checkpoint_is_one_line(
+    fitted_ckpt, tmp_path, capsys, kind, message, subcommand
+):
+    path = _not_a_meta_learner_checkpoint(kind, fitted_ckpt, tmp_path / f"{kind.replace(' ', '_')}.ckpt")
+    before = path.read_bytes()
+    with pytest.raises(SystemExit) as exit_info:
+        main([subcommand, "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+              "--ckpt_path", str(path)])  # fmt: skip
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("l2l: error: ") and message in err and str(path) in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert path.read_bytes() == before
+
+
+def test_a_ckpt_path_of_a_meta_learner_checkpoint_still_works(fitted_ckpt, tmp_path, capsys):
+    main(["test", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+          "--ckpt_path", str(fitted_ckpt)])  # fmt: skip
+    assert "test/mean_loss" in capsys.readouterr().out
+
+
+def test_the_l2l_command_saves_checkpoints_atomically():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from l2l_lightning.cli import L2LCLI
+    from l2l_lightning.meta.module import MetaLearner
+    from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
+
+    cli = L2LCLI(MetaLearner, args=["--config", CONFIG, *FAST], run=False)
+    assert isinstance(cli.trainer.strategy.checkpoint_io, AtomicCheckpointIO)
+
+    class MyIO(TorchCheckpointIO):
+        pass
+
+    cli = L2LCLI(MetaLearner, args=["--config", CONFIG, *FAST], run=False, trainer_defaults={"plugins": [MyIO()]})
+    assert type(cli.trainer.strategy.checkpoint_io) is MyIO  # a plugin the user chose is kept

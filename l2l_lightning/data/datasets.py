@@ -45,7 +45,7 @@ def _read_mnist_family(paths: list[Path]) -> LabeledImages:
     images, labels = read_idx(image_file), read_idx(label_file)
     if images.dtype != torch.uint8 or images.dim() != 3:
         raise DatasetError(f"{image_file}: holds {images.dtype} of shape {tuple(images.shape)}, not uint8 images (N, H, W)")
-    if labels.dtype != torch.uint8 or labels.shape != images.shape[:1] or labels.max() >= 10:
+    if labels.dtype != torch.uint8 or labels.shape != images.shape[:1] or (labels.numel() and labels.max() >= 10):
         raise DatasetError(
             f"{label_file}: holds {labels.dtype} of shape {tuple(labels.shape)}; expected {images.shape[0]} uint8 "
             f"labels below 10 to go with {image_file}"
@@ -152,7 +152,16 @@ def _read(dataset: str, root: str, file_split: str) -> LabeledImages:
             + source.other_way.format(root=root)
             + "."
         )
-    return source.read(paths)
+    return _not_empty(source.read(paths), paths)
+
+
+def _not_empty(data: LabeledImages, paths: list[Path]) -> LabeledImages:
+    """A file that announces 0 images is as broken as a truncated one: nothing could be drawn from it."""
+    if len(data.labels) == 0:
+        raise DatasetError(
+            f"{', '.join(map(str, paths))}: hold 0 images; the files are truncated or corrupt: delete them and get them again"
+        )
+    return data
 
 
 @functools.lru_cache(maxsize=16)

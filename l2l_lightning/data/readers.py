@@ -63,6 +63,7 @@ class _ArrayUnpickler(pickle.Unpickler):
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
         ("_codecs", "encode"),  # how protocol-2 pickles written by Python 3 store bytes
+        ("__builtin__", "bytes"),  # ... and empty bytes (an array of 0 images), harmless
     }
 
     def find_class(self, module: str, name: str) -> object:

@@ -29,6 +29,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
+from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
 from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError, check_positive_int
@@ -38,6 +39,7 @@ from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
+from l2l_lightning.safe_load import check_spec_allowed, load_plain
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -199,6 +201,8 @@ class MetaLearner(L.LightningModule):
         self._loss_finite = True
         self._nonfinite_in_row = 0
         self._skipped = 0
+        self._draw_state: Optional[Tensor] = None  #: the generator's state before the current problem was drawn
+        self._resume: Optional[dict[str, Any]] = None  #: a checkpoint's problem stream, applied at train start
 
     def _save_hyperparameters_as_data(self, meta_optimizer: OptimizerCallable) -> None:
         """Store every setting as plain data, objects as ``{"class_path", "init_args"}``.
@@ -219,6 +223,8 @@ class MetaLearner(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
+        if self._resume is not None and self._restore_stream(self._resume):
+            return  # resumed from a checkpoint: the same problem, continued, then the same stream
         # Each rank, and each resumed run, draws its own stream of problems.
         seed = torch.initial_seed() + 1_000_003 * self.global_rank + self.global_step
         self._generator = torch.Generator().manual_seed(seed % 2**63)
@@ -227,6 +233,7 @@ class MetaLearner(L.LightningModule):
     def _next_carry(self) -> _Carry:
         carry = self._carry
         if carry is None or carry.step >= self.num_steps:
+            self._draw_state = self._generator.get_state()  # to re-draw this problem on resume
             problem = self.task.sample(self._generator, self.device, split="train")
             theta = problem.initial_params()
             net = bind(self.net, problem)
@@ -388,19 +395,85 @@ class MetaLearner(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Record how to rebuild the net, so deployment needs no MetaLearner to read it."""
         checkpoint[NET_KEY] = self.net.spec
+        stream = self._stream_state()
+        if stream is not None:
+            checkpoint["l2l_stream"] = stream
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
         """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
-            checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files
             _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
+            hparams = checkpoint.get("hyper_parameters")
+            check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
         _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
+        self._resume = checkpoint.get("l2l_stream")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
+            check_spec_allowed(spec, f"the checkpoint's {NET_KEY}")  # a file may only name allowed net classes
             self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
             self._carry = None
+
+    # ------------------------------------------------------------- exact resume
+    def _stream_state(self) -> Optional[dict[str, Any]]:
+        """Where meta-training is in its problem stream, as plain tensors and ints (``weights_only`` loads it).
+
+        The current problem itself is not stored (it may hold a dataset); the generator's state from
+        *before* it was drawn is, so a resumed run draws the very same problem again, then continues
+        its optimizees from the stored parameters, LSTM state and inner step.
+        """
+        if self._generator is None:
+            return None
+        stream: dict[str, Any] = {
+            "generator": self._generator.get_state(),
+            "world_size": int(self.trainer.world_size) if self._trainer is not None else 1,
+            "nonfinite_in_row": self._nonfinite_in_row,
+            "skipped": self._skipped,
+        }
+        carry = self._carry
+        if carry is not None and self._draw_state is not None:
+            stream.update(
+                draw_generator=self._draw_state.clone(),
+                theta=carry.theta.detach().cpu().clone(),
+                state=tree_map(lambda t: t.detach().cpu().clone(), carry.state),
+                step=int(carry.step),
+            )
+        return stream
+
+    def _restore_stream(self, stream: dict[str, Any]) -> bool:
+        """Continue the checkpoint's problem stream exactly; ``False`` (fresh stream) if it cannot be.
+
+        One process only: under DDP every rank has its own stream and the checkpoint holds rank 0's,
+        so each rank starts a fresh one as before.
+        """
+        self._resume = None
+        if stream.get("world_size") != 1 or self.trainer.world_size != 1:
+            return False
+        self._generator = torch.Generator()
+        self._nonfinite_in_row, self._skipped = int(stream["nonfinite_in_row"]), int(stream["skipped"])
+        self._carry = None
+        if "theta" not in stream:
+            self._generator.set_state(stream["generator"])
+            return True
+        self._generator.set_state(stream["draw_generator"])
+        self._draw_state = stream["draw_generator"].clone()
+        problem = self.task.sample(self._generator, self.device, split="train")
+        theta = stream["theta"].to(self.device)
+        if not torch.equal(self._generator.get_state(), stream["generator"]) or (
+            problem.initial_params().shape != theta.shape
+        ):
+            warnings.warn(
+                "resuming: the checkpoint's current problem cannot be drawn again with this task (its settings "
+                "differ from the run that saved it); starting a fresh problem, so this resume is not exact"
+            )
+            self._generator.set_state(stream["generator"])
+            return True
+        net = bind(self.net, problem)
+        state = tree_map(lambda t: t.to(self.device), stream["state"])
+        self._carry = _Carry(problem, net, theta, state, int(stream["step"]))
+        return True

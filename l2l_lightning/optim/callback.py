@@ -34,6 +34,7 @@ from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from l2l_lightning.errors import ConfigError
 from l2l_lightning.optim.learned import LearnedOptimizer, _check_lr, _state_dtype_name
 from l2l_lightning.optim.pretrained import load_net
 
@@ -70,6 +71,7 @@ class LearnedOptimizerCallback(L.Callback):
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage != "fit" or self._patched is not None:
             return
+        _refuse_deepspeed(trainer.strategy)
         original = pl_module.configure_optimizers
         self._patched = (pl_module, pl_module.__dict__.get("configure_optimizers", _MISSING))
 
@@ -106,3 +108,16 @@ class LearnedOptimizerCallback(L.Callback):
             for groups in groups_per_optimizer
         ]
         return learned[0] if len(learned) == 1 else learned
+
+
+def _refuse_deepspeed(strategy: Any) -> None:
+    """DeepSpeed wraps or replaces the optimizer and partitions its state by parameter shape, which
+    the per-coordinate LSTM states do not fit; refuse it before training rather than fail (or
+    silently misbehave) inside DeepSpeed.  Recognised by class name, so DeepSpeed need not be installed."""
+    kinds = [cls.__name__ for cls in type(strategy).__mro__]
+    if "DeepSpeedStrategy" in kinds or type(strategy).__module__.split(".")[0] == "deepspeed":
+        raise ConfigError(
+            f"LearnedOptimizerCallback: the {type(strategy).__name__} (DeepSpeed) strategy is not supported: DeepSpeed "
+            "wraps the optimizer and shards its state, which LearnedOptimizer's LSTM states do not survive. "
+            "Use a single device or strategy='ddp' (tested)."
+        )

@@ -15,13 +15,19 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from l2l_lightning.errors import L2LError
+from l2l_lightning.errors import CheckpointError, L2LError
 from l2l_lightning.optim import pretrained
 from l2l_lightning.optim.pretrained import SUFFIX, export, info, is_name
 
 
 def output_path(name: str) -> Path:
-    """``NAME`` → ``l2l_lightning/pretrained/NAME.pt``; anything else is taken as a path."""
+    """``NAME`` → ``l2l_lightning/pretrained/NAME.pt``; anything else is taken as a path.
+
+    A bare name (no path separator, no suffix) always means the package's folder, as it does
+    when loading; an empty or blank name is an error rather than the current folder.
+    """
+    if not name.strip():
+        raise CheckpointError("the output NAME is empty; give a name such as 'quadratic' or a path ending in .pt")
     return pretrained.PRETRAINED_DIR / f"{name}{SUFFIX}" if is_name(name) else Path(name)
 
 

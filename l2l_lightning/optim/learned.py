@@ -85,6 +85,7 @@ Distributed training:
 from __future__ import annotations
 
 import copy
+import math
 import os
 import warnings
 from collections.abc import Iterable
@@ -127,14 +128,39 @@ def _state_dtype_name(value: Union[str, torch.dtype]) -> str:
 
 def _check_lr(lr: Any) -> None:
     value = lr.item() if isinstance(lr, Tensor) and lr.numel() == 1 else lr
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-        raise ConfigError(f"lr={lr!r} must be a non-negative number (it multiplies the learned update)")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+        raise ConfigError(f"lr={lr!r} must be a finite non-negative number (it multiplies the learned update)")
 
 
 def _check_compile(value: Any) -> Union[bool, str]:
     if value is True or value is False or value == "auto":
         return value
     raise ConfigError(f"compile={value!r}; allowed: True, False or 'auto' (compile on CUDA only)")
+
+
+def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
+    make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
+    ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
+    threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
+    (``compile="auto"``), by the optimizer, outside the caller's graph."""
+    return torch._dynamo.disable(step, recursive=True)
+
+
+def _check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
+    """Refuse to step with a non-finite lr (a scheduler can set one after construction): ``lr · update``
+    would write inf/NaN into every parameter.  Tensor lrs on an accelerator are not read (no host sync)."""
+    for index, group in enumerate(param_groups):
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.device.type != "cpu":
+            continue
+        try:
+            _check_lr(lr)
+        except ConfigError as error:
+            raise ConfigError(
+                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
+                "or state changed (did an LR scheduler set it?)"
+            ) from None
 
 
 @dataclass
@@ -183,7 +209,8 @@ class LearnedOptimizer(Optimizer):
         checkpoint: the trained net: a shipped name (``"quadratic"``, see
             :func:`l2l_lightning.optim.pretrained.available`), a path to an exported file,
             a path to a ``MetaLearner`` Lightning checkpoint (``*.ckpt``), or a net instance
-            (copied: later changes to it do not reach the optimizer).
+            (copied: later changes to it do not reach the optimizer).  A bare name is never
+            a file (``"./quadratic"`` is); see :func:`l2l_lightning.optim.pretrained.load_net`.
         lr: multiplies the net's update (``θ ← θ + lr · update``); 1.0 reproduces the
             trained behaviour.  Per group, and what LR schedulers change.
         state_dtype: dtype of the per-coordinate LSTM state, per group: ``"float32"``
@@ -460,6 +487,7 @@ class LearnedOptimizer(Optimizer):
         devices = {b.grad.device for b in buckets}
         return len(devices) == 1 and next(iter(devices)).type != "cpu"
 
+    @_not_traced
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimization step over every parameter that has a gradient.
@@ -479,6 +507,7 @@ class LearnedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._report_skipped(block=False)
+        _check_group_lrs(self.param_groups)
         threads = torch.get_num_threads()
         with _one_intra_op_thread():
             buckets = self._buckets()

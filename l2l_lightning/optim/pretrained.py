@@ -21,16 +21,21 @@ declared as package data) so names resolve the same from a checkout, an editable
 install and a wheel.  :func:`load_net` accepts a name, a path to an exported file, a
 path to a Lightning checkpoint of ``MetaLearner`` or a net instance.
 
-Lightning checkpoints usually hold pickled objects (the task, the meta-optimizer
-factory), which ``weights_only=True`` refuses.  They are then unpickled in full *only*
-if the file name ends in ``.ckpt`` (Lightning's own suffix), on the reasoning that a
-``.ckpt`` you pass is one you produced; load checkpoints only from sources you trust,
-or export them first.
+Every file, exported or a Lightning checkpoint, is read with ``weights_only=True``
+(``MetaLearner`` checkpoints hold plain data only), and the net classes a file names must
+come from allowed modules: nothing a file says is run or imported unchecked (see
+:mod:`l2l_lightning.safe_load`).
+
+Names and paths: a *bare name* (letters, digits, ``_``, ``-``: no path separator, no
+suffix) is always a shipped optimizer, never a file, even when a file of that name
+exists in the working directory; anything with a path separator or a suffix
+(``./quadratic``, ``runs/q.pt``, ``best.ckpt``) is always a path.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import io
 import os
 import re
 from pathlib import Path
@@ -41,6 +46,7 @@ from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
 from l2l_lightning.serialization import FORMAT, FORMAT_VERSION, NET_KEY, build_net, fingerprint, net_weights_from_checkpoint
+from l2l_lightning.safe_load import atomic_save, check_writable_target, load_plain
 
 #: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
 PRETRAINED_DIR: Path = Path(__file__).resolve().parent.parent / "pretrained"
@@ -55,7 +61,9 @@ def is_name(spec: Union[str, "os.PathLike[str]"]) -> bool:
     """Whether ``spec`` is a pretrained *name* (``"quadratic"``) rather than a path.
 
     Names are plain identifiers (letters, digits, ``_``, ``-``): no directory part and
-    no suffix, so ``"quadratic"`` is a name and ``"./quadratic.pt"`` a path.
+    no suffix, so ``"quadratic"`` is a name and ``"./quadratic.pt"`` a path.  A name is
+    never looked up as a file, so a file ``./quadratic`` cannot stand in for the shipped
+    optimizer: which one loads does not depend on the working directory.
     """
     return isinstance(spec, str) and bool(_NAME.match(spec))
 
@@ -83,20 +91,8 @@ def path_of(name: str) -> Path:
 
 # --------------------------------------------------------------------------- files
 def _torch_load(path: Path) -> Any:
-    """``weights_only=True``; full unpickling only for a ``.ckpt`` (see the module docstring)."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as safe_error:  # noqa: BLE001 - torch raises several types here
-        if path.suffix != ".ckpt":
-            raise CheckpointError(
-                f"{path} is not a learned optimizer: it cannot be read with torch.load(weights_only=True) "
-                f"({type(safe_error).__name__}: {str(safe_error).splitlines()[0] if str(safe_error) else ''}). "
-                "Expected a file written by `l2l_lightning.optim.export` (or a MetaLearner checkpoint *.ckpt)."
-            ) from safe_error
-        try:
-            return torch.load(path, map_location="cpu", weights_only=False)
-        except Exception as error:  # noqa: BLE001
-            raise CheckpointError(f"{path} cannot be loaded as a Lightning checkpoint: {error}") from error
+    """``weights_only=True`` whatever the suffix: see :mod:`l2l_lightning.safe_load`."""
+    return load_plain(path)
 
 
 def _is_lightning_checkpoint(obj: Any) -> bool:
@@ -164,7 +160,11 @@ def load_net(spec: NetSpec) -> nn.Module:
     Args:
         spec: a shipped name (``"quadratic"``, see :func:`available`), a path to an exported
             file, a path to a ``MetaLearner`` Lightning checkpoint (``*.ckpt``), or an
-            ``nn.Module`` (returned as it is: callers that must not share it copy it).
+            ``nn.Module`` (returned as it is: callers that must not share it copy it).  A bare
+            name (no path separator, no suffix) is always a shipped optimizer, never a file of
+            that name in the working directory; ``"./quadratic"`` is the file.  Files are read
+            without unpickling objects and may only name allowed net classes
+            (:mod:`l2l_lightning.safe_load`).
     """
     if isinstance(spec, nn.Module):
         return spec
@@ -172,14 +172,14 @@ def load_net(spec: NetSpec) -> nn.Module:
         raise CheckpointError(
             f"checkpoint={spec!r}: expected a pretrained name, a path or a net (nn.Module), got {type(spec).__name__}"
         )
-    path = path_of(spec) if is_name(spec) and not Path(spec).is_file() else Path(spec)
+    path = _path_for(spec)
     record = read(path)
     return build_net(record["class_path"], record["init_args"], record["state_dict"], str(path))
 
 
 def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
     """The ``metadata`` of a trained optimizer (name or path), e.g. its task and validation figures."""
-    path = path_of(spec) if is_name(spec) and not Path(spec).is_file() else Path(spec)
+    path = _path_for(spec)
     record = read(path)
     return {"class_path": record["class_path"], "init_args": record["init_args"], **record.get("metadata", {})}
 
@@ -283,10 +283,13 @@ def export(
             they must reduce to plain values (see :func:`plain`).
 
     Returns:
-        The written path.  The file is re-read with ``weights_only=True`` and the net
-        rebuilt before this returns, so a file that exists is a file that loads.
+        The written path.  The record is serialized, read back with ``weights_only=True``
+        and its net rebuilt *before* the file is written, atomically (see
+        :func:`~l2l_lightning.safe_load.atomic_save`): a file that exists is a file that
+        loads, and a crash while writing leaves the previous file as it was.
     """
     ckpt_path, out_path = Path(ckpt_path), Path(out_path)
+    check_writable_target(out_path)
     if out_path.exists() and not overwrite:
         raise CheckpointError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
     record = read(ckpt_path)  # an exported file may be re-exported: its metadata is kept, then extended
@@ -304,16 +307,23 @@ def export(
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()},
         "metadata": meta,
     }
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp")
-    torch.save(out, tmp)
-    try:
-        check = read(tmp)
-        rebuilt = build_net(check["class_path"], check["init_args"], check["state_dict"], str(out_path))
-        if fingerprint(rebuilt) != meta["fingerprint"]:
-            raise CheckpointError(f"{out_path}: the written net does not reproduce the checkpoint's net")
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    _check_round_trip(out, meta["fingerprint"], str(out_path))
+    atomic_save(out, out_path)
     return out_path
+
+
+def _check_round_trip(record: dict[str, Any], expected_fingerprint: str, source: str) -> None:
+    """Serialize ``record`` as it will be written, read it back with ``weights_only=True`` and rebuild
+    the net: a file that :func:`export` writes is a file that loads and reproduces the net."""
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    buffer.seek(0)
+    check = torch.load(buffer, map_location="cpu", weights_only=True)
+    rebuilt = build_net(check["class_path"], check["init_args"], check["state_dict"], source)
+    if fingerprint(rebuilt) != expected_fingerprint:
+        raise CheckpointError(f"{source}: the written net does not reproduce the checkpoint's net")
+
+
+def _path_for(spec: Union[str, "os.PathLike[str]"]) -> Path:
+    """A bare name is a shipped optimizer, never a file; anything else is a path (see :func:`is_name`)."""
+    return path_of(spec) if is_name(spec) else Path(spec)

@@ -108,6 +108,28 @@ def test_images_and_labels_that_do_not_match_are_refused(tmp_path):
         load_images("mnist", tmp_path, "test")
 
 
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_files_announcing_zero_images_are_refused(tmp_path, dataset):
+    import numpy as np
+
+    from tests.data.fixtures import idx_bytes
+
+    if dataset == "mnist":
+        write_mnist(tmp_path, "", compressed=False)
+        (tmp_path / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((0, 28, 28), np.uint8)))
+        (tmp_path / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(np.zeros((0,), np.uint8)))
+        named = tmp_path / "t10k-labels-idx1-ubyte"
+    else:
+        import pickle
+
+        write_cifar10(tmp_path)
+        named = tmp_path / "cifar-10-batches-py" / "test_batch"
+        named.write_bytes(pickle.dumps({"data": np.zeros((0, 3072), np.uint8), "labels": []}, protocol=2))
+    with pytest.raises(DatasetError, match="hold 0 images") as error:
+        load_images(dataset, tmp_path, "test")
+    assert str(named) in str(error.value)
+
+
 class _FakeTorchvisionDataset:
     """Stands in for torchvision's dataset class: records the call, then 'downloads' the tiny files."""
 

@@ -169,3 +169,38 @@ def test_loading_a_foreign_checkpoint_says_what_is_wrong(tmp_path):
     trainer.save_checkpoint(tmp_path / "boring.ckpt")
     with pytest.raises(ConfigError, match="not a checkpoint of l2l_lightning.MetaLearner"):
         MetaLearner.load_from_checkpoint(tmp_path / "boring.ckpt")
+
+
+@pytest.mark.parametrize("stop", [1, 3, 4])
+def test_meta_training_resumes_bit_exactly_at_any_truncation_boundary(tmp_path, stop):
+    """6 meta-steps straight == `stop` steps, a checkpoint, then resumed to 6 (num_steps=4, unroll=2:
+    step 3 stops halfway through the second problem, step 4 between problems)."""
+
+    def fit(max_steps, ckpt_path=None, save=None):
+        torch.manual_seed(0)
+        learner = tiny_learner()
+        trainer = tiny_trainer(tmp_path, max_steps=max_steps, enable_checkpointing=False)
+        trainer.fit(learner, ckpt_path=ckpt_path)
+        if save is not None:
+            trainer.save_checkpoint(save)
+        return learner
+
+    straight = fit(6)
+    fit(stop, save=tmp_path / "part.ckpt")
+    stream = torch.load(tmp_path / "part.ckpt", weights_only=True)["l2l_stream"]  # plain data only
+    assert stream["step"] == (2 * stop - 1) % 4 + 1
+    resumed = fit(6, ckpt_path=tmp_path / "part.ckpt")
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(straight._carry.theta, resumed._carry.theta)
+
+
+def test_resuming_with_another_task_warns_and_starts_a_fresh_problem(tmp_path):
+    torch.manual_seed(0)
+    trainer = tiny_trainer(tmp_path, max_steps=1, enable_checkpointing=False)
+    trainer.fit(tiny_learner())
+    trainer.save_checkpoint(tmp_path / "part.ckpt")
+    other = tiny_learner(task=QuadraticTask(dim=5, num_problems=4))
+    with pytest.warns(UserWarning, match="cannot be drawn again with this task.*not exact"):
+        tiny_trainer(tmp_path, max_steps=2, enable_checkpointing=False).fit(other, ckpt_path=tmp_path / "part.ckpt")
+    assert other._carry.theta.shape == other.task.sample(torch.Generator().manual_seed(0)).initial_params().shape

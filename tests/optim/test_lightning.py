@@ -12,7 +12,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins import MixedPrecision
 
-from l2l_lightning import CheckpointError, CoordinatewiseLSTM, LearnedOptimizer, LearnedOptimizerCallback
+from l2l_lightning import CheckpointError, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, LearnedOptimizerCallback
 from l2l_lightning.optim import SkippedStepWarning
 from l2l_lightning.optim.pretrained import export
 
@@ -37,6 +37,10 @@ def test_the_trained_net_is_what_makes_the_loss_fall(example):
 
 # ------------------------------------------------------------ resume
 def _fit(example, way, net, tmp_path, epochs, ckpt_path=None, save=None, state_dtype="float32"):
+    """Fit for whole epochs without shuffling: what resumes exactly.  Lightning restores neither a plain
+    DataLoader's position inside an epoch nor the RNG a shuffling sampler draws from, so a shuffled or
+    mid-epoch resume sees other batches (for Adam too); that is the data's reproducibility, not the
+    optimizer's, and the README says so where it promises resume."""
     torch.manual_seed(0)
     model, callbacks = example.build(way, net, state_dtype=state_dtype, shuffle=False)
     trainer = quiet_trainer(max_epochs=epochs, callbacks=callbacks, default_root_dir=tmp_path)
@@ -90,6 +94,26 @@ def test_callback_replaces_the_optimizer_drops_schedulers_and_restores_the_modul
     assert all(s["step"] == 3 for s in optimizer.state.values())
     assert "configure_optimizers" not in model.__dict__  # teardown put the module back as it was
     assert isinstance(model.configure_optimizers()[0][0], torch.optim.SGD)
+
+
+def test_callback_refuses_deepspeed_at_setup_and_changes_nothing(small_net):
+    from types import SimpleNamespace
+
+    class DeepSpeedStrategy:  # recognised by name: DeepSpeed itself need not be installed
+        pass
+
+    class MyDeepSpeed(DeepSpeedStrategy):
+        pass
+
+    callback = LearnedOptimizerCallback(small_net)
+    model = BoringModel()
+    for strategy in (DeepSpeedStrategy(), MyDeepSpeed()):
+        with pytest.raises(ConfigError, match=r"DeepSpeed\) strategy is not supported.*strategy='ddp'"):
+            callback.setup(SimpleNamespace(strategy=strategy), model, "fit")
+        assert "configure_optimizers" not in model.__dict__ and callback._patched is None
+    callback.setup(SimpleNamespace(strategy=object()), model, "fit")  # any other strategy: patched as usual
+    assert "configure_optimizers" in model.__dict__
+    callback.teardown(None, model, "fit")
 
 
 def test_callback_fails_early_on_an_unknown_name(pretrained_dir):
