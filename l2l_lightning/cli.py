@@ -17,10 +17,11 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
-from l2l_lightning.meta.module import MetaLearner, _check_is_meta_learner_checkpoint
-from l2l_lightning.optim.pretrained import FORMAT as EXPORT_FORMAT
+from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD
 from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
+from l2l_lightning.meta.module import MetaLearner, _check_is_meta_learner_checkpoint
 from l2l_lightning.safe_load import load_plain
+from l2l_lightning.serialization import FORMAT as EXPORT_FORMAT
 
 
 class L2LCLI(LightningCLI):
@@ -39,13 +40,14 @@ class L2LCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint on the held-out test problems.",
         )
 
-    def _parse_ckpt_path(self) -> None:
+    def _ignore_checkpoint_hparams(self) -> None:
         """Let the command line, not the checkpoint, decide the task and the evaluation.
 
         LightningCLI would overwrite the parsed config with the checkpoint's hyper-parameters,
         so ``l2l test --ckpt_path X --model.test_problems 8`` or ``--model.num_steps 200`` would
         silently evaluate the training settings.  The checkpoint still decides the net: its
-        architecture and weights are restored by ``MetaLearner.on_load_checkpoint``.
+        architecture and weights are restored by ``MetaLearner.on_load_checkpoint``.  Installed
+        under LightningCLI's private name for that step (:mod:`l2l_lightning.lightning_compat`).
         """
 
     def before_instantiate_classes(self) -> None:
@@ -109,6 +111,9 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             "pass a .ckpt written by `l2l fit`"
         )
     _check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
+
+
+setattr(L2LCLI, CHECKPOINT_HPARAMS_METHOD, L2LCLI._ignore_checkpoint_hparams)
 
 
 def compare_main(args: list[str]) -> None:

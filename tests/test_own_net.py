@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from l2l_lightning import LearnedOptimizer, MetaLearner, QuadraticTask
+from l2l_lightning import CheckpointError, LearnedOptimizer, MetaLearner, QuadraticTask
 from l2l_lightning.cli import main
 from l2l_lightning.optim.pretrained import export
 from tests.conftest import tiny_trainer
@@ -30,6 +30,7 @@ FAST = [
 @pytest.fixture
 def own_net(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    monkeypatch.setenv("L2L_ALLOWED_MODULES", "per_coordinate_mlp")  # files may name this module's classes
     from per_coordinate_mlp import PerCoordinateMLP
 
     return PerCoordinateMLP
@@ -46,7 +47,7 @@ def test_it_meta_trains(own_net, tmp_path):
 
 
 @pytest.mark.slow
-def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path):
+def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path, monkeypatch):
     args = ["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
             "--model.net", "per_coordinate_mlp.PerCoordinateMLP", "--model.net.init_args.hidden_size", "8"]  # fmt: skip
     main([*args, "--trainer.max_steps", "3", "--test_after_fit", "false"])
@@ -62,6 +63,10 @@ def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path):
     assert resumed["global_step"] == 5
 
     exported = export(tmp_path / "quadratic/version_1/checkpoints/last.ckpt", tmp_path / "mine.pt")
+    monkeypatch.delenv("L2L_ALLOWED_MODULES")
+    with pytest.raises(CheckpointError, match="L2L_ALLOWED_MODULES=per_coordinate_mlp"):
+        LearnedOptimizer(nn.Linear(3, 2).parameters(), checkpoint=str(exported))  # a file names it: not imported
+    monkeypatch.setenv("L2L_ALLOWED_MODULES", "per_coordinate_mlp")
     model = nn.Linear(3, 2)
     optimizer = LearnedOptimizer(model.parameters(), checkpoint=str(exported))
     assert isinstance(optimizer.net, own_net)

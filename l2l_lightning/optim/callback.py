@@ -30,11 +30,11 @@ from typing import Any, Optional, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
 from l2l_lightning.errors import ConfigError
+from l2l_lightning.lightning_compat import split_optimizer_config
 from l2l_lightning.optim.learned import LearnedOptimizer, _check_lr, _state_dtype_name
 from l2l_lightning.optim.pretrained import load_net
 
@@ -95,7 +95,7 @@ class LearnedOptimizerCallback(L.Callback):
             groups_per_optimizer = [[{"params": [p for p in pl_module.parameters() if p.requires_grad]}]]
             schedulers: list = []
         else:
-            optimizers, schedulers, _ = _configure_optimizers(optim_conf)
+            optimizers, schedulers = split_optimizer_config(optim_conf)
             groups_per_optimizer = [[{"params": list(g["params"])} for g in opt.param_groups] for opt in optimizers]
         if schedulers:
             rank_zero_warn(

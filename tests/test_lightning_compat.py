@@ -1,0 +1,40 @@
+"""The Lightning internals l2l_lightning relies on (``l2l_lightning/lightning_compat.py``) still behave as assumed.
+
+If one of these fails after a Lightning upgrade, fix ``lightning_compat.py`` (and only it).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from lightning.pytorch.cli import LightningCLI
+from torch import nn
+
+from l2l_lightning.cli import L2LCLI
+from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD, split_optimizer_config
+
+
+def test_lightning_cli_still_applies_checkpoint_hparams_in_the_method_l2l_overrides():
+    method = getattr(LightningCLI, CHECKPOINT_HPARAMS_METHOD, None)
+    assert method is not None, (
+        f"LightningCLI.{CHECKPOINT_HPARAMS_METHOD} is gone: l2l test --ckpt_path would let the checkpoint's "
+        "hyper-parameters override the command line again; update l2l_lightning/lightning_compat.py"
+    )
+    assert "hyper_parameters" in inspect.getsource(method), "it no longer reads the checkpoint's hyper-parameters"
+    assert "_run_subcommand" in inspect.getsource(LightningCLI) and CHECKPOINT_HPARAMS_METHOD in inspect.getsource(
+        LightningCLI.__init__
+    ), f"LightningCLI.__init__ no longer calls {CHECKPOINT_HPARAMS_METHOD}"
+    assert getattr(L2LCLI, CHECKPOINT_HPARAMS_METHOD) is L2LCLI._ignore_checkpoint_hparams
+
+
+def test_configure_optimizers_output_is_still_parsed_as_assumed():
+    model = nn.Linear(2, 2)
+    adam = torch.optim.Adam(model.parameters())
+    scheduler = torch.optim.lr_scheduler.StepLR(adam, step_size=1)
+    sgd = torch.optim.SGD(model.parameters(), lr=0.1)
+    assert split_optimizer_config(adam) == ([adam], [])
+    optimizers, schedulers = split_optimizer_config({"optimizer": adam, "lr_scheduler": scheduler})
+    assert optimizers == [adam] and schedulers == [scheduler]
+    optimizers, schedulers = split_optimizer_config(([adam, sgd], [scheduler]))
+    assert optimizers == [adam, sgd] and len(schedulers) == 1
