@@ -45,3 +45,15 @@ def test_gpu_check_script_is_there_and_executable():
     assert script.exists() and script.stat().st_mode & 0o111
     text = script.read_text()
     assert "set_sync_debug_mode" in text and "step_overhead.py" in text and "meta_throughput.py" in text
+
+
+def test_step_vs_revision_runs_against_head():
+    out = _load("step_vs_revision").main(["--rev", "HEAD", "--sizes", "2k", "--repeats", "1", "--threads", "1", "--with-gac"])
+    row = [line for line in out.splitlines() if line.startswith("| 2k (")][0]
+    assert "| yes " in row and "×" in row  # HEAD's package steps exactly like the working tree's
+
+
+@pytest.mark.slow
+def test_import_time_runs():
+    out = _load("import_time").main(["--rounds", "1"])
+    assert "from l2l_lightning.optim import LearnedOptimizer" in out and "÷ import torch" in out

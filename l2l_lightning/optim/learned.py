@@ -85,6 +85,7 @@ Distributed training:
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import os
 import warnings
@@ -143,8 +144,19 @@ def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
     make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
     ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
     threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
-    (``compile="auto"``), by the optimizer, outside the caller's graph."""
-    return torch._dynamo.disable(step, recursive=True)
+    (``compile="auto"``), by the optimizer, outside the caller's graph.
+
+    ``torch.compiler.disable`` is applied only while compiling: wrapping at import time would
+    import Dynamo with the optimizer (about 2 s, more than ``import torch`` itself), a cost a
+    plain training loop should not pay.  Outside compilation the step is called directly."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
+        return step(*args, **kwargs)
+
+    return run
 
 
 def _check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
