@@ -84,3 +84,13 @@ def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path, monk
     again = LearnedOptimizer(model.parameters(), checkpoint=str(exported))
     again.load_state_dict(optimizer.state_dict())
     assert torch.equal(again.state[params[0]]["lstm"], optimizer.state[params[0]]["lstm"])
+
+
+def test_the_readme_shows_the_example_verbatim():
+    """The README's thirty lines are the tested file's, not a drifting copy."""
+    readme = (ROOT / "README.md").read_text()
+    example = (ROOT / "examples" / "per_coordinate_mlp.py").read_text()
+    start = "class PerCoordinateMLP(LearnedOptimizerNet):"
+    shown = readme[readme.index(start) : readme.index("```", readme.index(start))].strip()
+    assert shown == example[example.index(start) :].strip()
+    assert len(shown.splitlines()) <= 35
