@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baseline, tune_baseline
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
@@ -109,8 +109,7 @@ def compare(
     from l2l_lightning.optim.pretrained import load_net
 
     for name, value in (("num_steps", num_steps), ("num_problems", num_problems), ("tune_problems", tune_problems)):
-        if not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"compare: {name}={value!r} must be a positive integer")
+        check_positive_int(f"compare: {name}", value)
     unknown = [b for b in baselines if b not in BASELINES]
     if unknown:
         raise ConfigError(f"compare: unknown baselines {unknown}; allowed: {', '.join(BASELINES)}")

@@ -25,10 +25,13 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.data.readers import read_cifar_batch, read_idx
-from l2l_lightning.errors import ConfigError, DatasetError
+from l2l_lightning.errors import ConfigError, DatasetError, check_positive_int
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
-#: ``"train"`` and ``"val"`` share the training files (see ``val_size``); ``"test"`` is the test files.
+#: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test and
+#: ``l2l compare`` ``"test"``.  ``"train"`` and ``"val"`` share the training files (see ``val_size``);
+#: ``"test"`` is the test files.  Tasks without a dataset (quadratics) ignore it: their held-out
+#: problems differ from the training ones by seed alone.
 Split = Literal["train", "val", "test"]
 DEFAULT_VAL_SIZE = 5000
 
@@ -216,8 +219,7 @@ def load_images(
         raise ConfigError(f"dataset={dataset!r}; allowed: {', '.join(map(repr, _SOURCES))}")
     if split not in get_args(Split):
         raise ConfigError(f"split={split!r}; allowed: {', '.join(map(repr, get_args(Split)))}")
-    if not isinstance(val_size, int) or isinstance(val_size, bool) or val_size <= 0:
-        raise ConfigError(f"val_size={val_size!r} must be a positive integer")
+    check_positive_int("val_size", val_size)
     if classes is not None:
         classes = tuple(classes)
         if len(set(classes)) != len(classes) or any(

@@ -21,21 +21,18 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 from torch.utils._pytree import tree_map
 
+from l2l_lightning.data.datasets import Split
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.base import Layout
 
 
-#: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test
-#: and ``l2l compare`` ``"test"``.  Tasks without a dataset (quadratics) ignore it: their
-#: held-out problems differ from the training ones by seed alone.
-Split = Literal["train", "val", "test"]
 
 
 class Problem(ABC):

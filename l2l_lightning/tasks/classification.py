@@ -19,14 +19,14 @@ from __future__ import annotations
 import functools
 import math
 from abc import abstractmethod
-from typing import Any, Optional, Sequence, Union, get_args
+from typing import Optional, Sequence, Union, get_args
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2l_lightning.data import LabeledImages, load_images
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.tasks.base import ModuleProblem, Split, Task
 
 
@@ -88,16 +88,11 @@ def draw_params(module: nn.Module, init_std: Optional[float], generator: torch.G
     return params
 
 
-def check_positive_int(owner: str, name: str, value: Any) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{owner}: {name}={value!r} must be a positive integer")
-
-
 def check_sizes(owner: str, name: str, sizes: Sequence[int]) -> list[int]:
     """``sizes`` as a list (plain data for :attr:`Task.config`), each a positive int."""
     sizes = list(sizes)
     for size in sizes:
-        check_positive_int(owner, name, size)
+        check_positive_int(f"{owner}: {name}", size)
     return sizes
 
 
@@ -118,8 +113,8 @@ class ImageClassificationTask(Task):
 
     def _check_common(self) -> None:
         owner = type(self).__name__
-        check_positive_int(owner, "val_size", self.val_size)
-        check_positive_int(owner, "batch_size", self.batch_size)
+        check_positive_int(f"{owner}: val_size", self.val_size)
+        check_positive_int(f"{owner}: batch_size", self.batch_size)
         if self.init_std is not None and not self.init_std >= 0:
             raise ConfigError(f"{owner}: init_std={self.init_std!r} must be >= 0, or null for PyTorch's default init")
 

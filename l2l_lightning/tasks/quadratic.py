@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.tasks.base import Problem, Split, Task
 
 
@@ -46,8 +46,7 @@ class QuadraticTask(Task):
         init_std: float = 0.01,
     ) -> None:
         for name, value in (("dim", dim), ("num_problems", num_problems)):
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ConfigError(f"QuadraticTask: {name}={value!r} must be a positive integer")
+            check_positive_int(f"QuadraticTask: {name}", value)
         if distribution not in ("normal", "uniform"):
             raise ConfigError(f"QuadraticTask: distribution={distribution!r}; allowed values: 'normal', 'uniform'")
         if not init_std >= 0:
