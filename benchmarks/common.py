@@ -159,3 +159,8 @@ def fmt_bytes(n: float) -> str:
 
 def fmt_time(seconds: float) -> str:
     return f"{seconds * 1e3:.3g} ms" if seconds < 1 else f"{seconds:.3g} s"
+
+
+def report(title: str, where: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
+    """The printed form of every benchmark: a title line, the machine line, the table, an optional note."""
+    return "\n".join([title, where, "", table(header, rows), "", note]).rstrip()

@@ -55,13 +55,11 @@ def main(argv: list[str] | None = None) -> str:
         [f"`{name}`", common.fmt_time(statistics.median(t)), f"**{statistics.median(t) / base:.2f}×**"]
         for name, t in times.items()
     ]
-    out = "\n".join(
-        [
-            f"import_time — fresh processes, median of {args.rounds} interleaved rounds",
-            where,
-            "",
-            common.table(["statement", "wall time", "÷ import torch"], rows),
-        ]
+    out = common.report(
+        f"import_time — fresh processes, median of {args.rounds} interleaved rounds",
+        where,
+        ["statement", "wall time", "÷ import torch"],
+        rows,
     )
     print(out)
     return out

@@ -230,15 +230,11 @@ def main(argv: list[str] | None = None) -> str:
         "per-tensor",
         "ours / per-tensor",
     ]
-    out = "\n".join(
-        [
-            f"meta_throughput — device {device}, {threads} thread(s), truncations of {UNROLL} steps "
-            f"(forward + backward + meta-step), median of {args.repeats} interleaved",
-            where,
-            "",
-            common.table(header, rows),
-        ]
+    title = (
+        f"meta_throughput — device {device}, {threads} thread(s), truncations of {UNROLL} steps "
+        f"(forward + backward + meta-step), median of {args.repeats} interleaved"
     )
+    out = common.report(title, where, header, rows)
     print(out)
     return out
 

@@ -195,16 +195,8 @@ def main(argv: list[str] | None = None) -> str:
     ]
     if args.with_compiled:
         header.append("compile=True (speed-up)")
-    out = "\n".join(
-        [
-            f"step_overhead — device {args.device}, {threads} thread(s), median of {args.repeats} interleaved calls",
-            where,
-            "",
-            common.table(header, rows),
-            "",
-            NOTE if args.device == "cpu" else "",
-        ]
-    ).rstrip()
+    title = f"step_overhead — device {args.device}, {threads} thread(s), median of {args.repeats} interleaved calls"
+    out = common.report(title, where, header, rows, NOTE if args.device == "cpu" else "")
     print(out)
     return out
 

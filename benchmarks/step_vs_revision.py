@@ -99,14 +99,7 @@ def main(argv: list[str] | None = None) -> str:
     header = ["parameters", f"step at {args.rev}", "step now", "now / rev", "same parameters"]
     if args.with_gac:
         header += ["GAC step now", "GAC / LSTM"]
-    out = "\n".join(
-        [
-            f"step_vs_revision — {threads} thread(s), median of {args.repeats} interleaved calls",
-            where,
-            "",
-            common.table(header, rows),
-        ]
-    )
+    out = common.report(f"step_vs_revision — {threads} thread(s), median of {args.repeats} interleaved calls", where, header, rows)
     print(out)
     return out
 

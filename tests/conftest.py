@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from l2l_lightning import CoordinatewiseLSTM, MetaLearner, QuadraticTask
+from l2l_lightning.nets import LearnedOptimizerNet
 
 
 def tiny_learner(**overrides) -> MetaLearner:
@@ -20,6 +21,26 @@ def tiny_learner(**overrides) -> MetaLearner:
     )
     kwargs.update(overrides)
     return MetaLearner(**kwargs)
+
+
+class MinimalNet(LearnedOptimizerNet):
+    """``inner`` seen only through the three methods a net must implement: the base class's generic paths."""
+
+    coordinate_dim = 2
+
+    def __init__(self, inner: LearnedOptimizerNet) -> None:
+        super().__init__()
+        self.inner = inner
+
+    @property
+    def config(self) -> dict:
+        return {}
+
+    def state_shape(self, n: int) -> tuple[int, ...]:
+        return self.inner.state_shape(n)
+
+    def forward(self, grad, state, layout=None):
+        return self.inner(grad, state, layout)
 
 
 def tiny_trainer(tmp_path, **overrides) -> L.Trainer:

@@ -14,17 +14,10 @@ from l2l_lightning.cli import main
 from l2l_lightning.optim.pretrained import export
 from tests.conftest import tiny_trainer
 
-ROOT = Path(__file__).resolve().parents[1]
-CONFIG = str(ROOT / "configs" / "quadratic.yaml")
-FAST = [
-    "--trainer.enable_progress_bar", "false",
-    "--model.num_steps", "4",
-    "--model.unroll", "2",
-    "--model.truncations_per_epoch", "3",
-    "--model.val_problems", "1",
-    "--model.baseline_lrs", "[0.01, 0.1]",
-    "--model.task.init_args.num_problems", "8",
-]  # fmt: skip
+from tests.test_cli import CONFIG, FAST, ROOT
+
+_STEPS = FAST.index("--trainer.max_steps")  # each run below sets its own
+FAST = [*FAST[:_STEPS], *FAST[_STEPS + 2 :], "--model.task.init_args.num_problems", "8"]
 
 
 @pytest.fixture

@@ -3,9 +3,8 @@
 import pytest
 import torch
 
-from l2l_lightning.nets import LearnedOptimizerNet
-
 from l2l_lightning import CoordinatewiseLSTM, QuadraticTask, unroll
+from tests.conftest import MinimalNet
 
 
 def _setup(seed=0):
@@ -88,30 +87,12 @@ def test_evaluation_mode_keeps_no_graph():
     torch.testing.assert_close(result.losses, unroll(net, problem, theta, state, 0, 5).losses.detach())
 
 
-class _PlainNet(LearnedOptimizerNet):
-    """The same net seen only through ``net(grad, state, layout)``: the base class's generic path."""
-
-    coordinate_dim = 2
-
-    def __init__(self, net):
-        super().__init__()
-        self.net = net
-
-    @property
-    def config(self):
-        return {}
-
-    def state_shape(self, n):
-        return self.net.state_shape(n)
-
-    def forward(self, grad, state, layout=None):
-        return self.net(grad, state, layout)
 
 
 def test_the_split_state_path_equals_the_generic_path():
     net, problem, theta, state = _setup()
     fast = unroll(net, problem, theta, state, 0, 5)
-    plain = unroll(_PlainNet(net), problem, theta, state, 0, 5)
+    plain = unroll(MinimalNet(net), problem, theta, state, 0, 5)
     torch.testing.assert_close(fast.losses, plain.losses, rtol=0, atol=0)
     torch.testing.assert_close(fast.state, plain.state, rtol=0, atol=0)
     for a, b in zip(_meta_grad(net, fast.losses), _meta_grad(net, plain.losses)):

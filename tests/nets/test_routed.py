@@ -3,7 +3,8 @@ import torch
 from torch import nn
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM
-from l2l_lightning.nets import Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.nets import Layout, Segment
+from tests.conftest import MinimalNet
 from l2l_lightning.nets.routed import RoutedNets
 
 
@@ -120,29 +121,9 @@ def test_use_without_a_layout_is_refused():
         _routed().state_shape(3)
 
 
-class PlainNet(LearnedOptimizerNet):
-    """A net with only the required interface (state_shape, forward, config): the base's defaults do the rest."""
-
-    coordinate_dim = 2
-
-    def __init__(self):
-        super().__init__()
-        self.inner = CoordinatewiseLSTM(hidden_size=3, preprocess="none")
-
-    @property
-    def config(self):
-        return {}
-
-    def state_shape(self, n):
-        return self.inner.state_shape(n)
-
-    def forward(self, grad, state, layout=None):
-        return self.inner(grad, state)
-
-
 def test_a_net_with_only_the_required_interface_is_routed_like_any_other():
     model = ConvNet()
-    plain = PlainNet()
+    plain = MinimalNet(CoordinatewiseLSTM(hidden_size=3, preprocess="none"))
     routed = RoutedNets({"conv": CoordinatewiseLSTM(hidden_size=5), "fc": plain}, {"conv": ["features.*"], "fc": ["head.*"]})
     bound = routed.bind(_layout(model))
     n = sum(p.numel() for p in model.parameters())
