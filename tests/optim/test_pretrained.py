@@ -199,3 +199,24 @@ def test_export_runs_as_a_module(meta_trained, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"wrote {out}" in result.stdout
     assert same_net(load_net(out), meta_trained[0])
+
+
+def test_an_lstm_gac_meta_trains_exports_and_loads_by_name(tmp_path, pretrained_dir):
+    """LSTM+GAC through the whole pipeline: meta-training, checkpoint, export, name, LearnedOptimizer."""
+    from l2l_lightning import GlobalAveragingLSTM
+
+    learner = tiny_learner(net=GlobalAveragingLSTM(hidden_size=4, preprocess="none", global_cells=2, average_over="tensor"))
+    trainer = tiny_trainer(tmp_path, max_steps=4)
+    trainer.fit(learner)
+    ckpt = tmp_path / "gac.ckpt"
+    trainer.save_checkpoint(ckpt)
+    export(ckpt, pretrained_dir / "gac.pt")
+    loaded = load_net("gac")
+    assert isinstance(loaded, GlobalAveragingLSTM) and loaded.config == learner.net.config
+    model = torch.nn.Linear(3, 2)
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint="gac")
+    model(torch.randn(5, 3)).square().sum().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.step()
+    assert all(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert optimizer.state_dict()["l2l_net"]["init_args"]["average_over"] == "tensor"
