@@ -34,8 +34,9 @@ from torch.utils.data import DataLoader
 
 from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
+from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
 from l2l_lightning.meta.metrics import CurveMean
-from l2l_lightning.meta.unroll import bind, evaluate_learned, unroll
+from l2l_lightning.meta.unroll import bind, evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
@@ -43,6 +44,7 @@ from l2l_lightning.safe_load import check_spec_allowed, load_plain
 from l2l_lightning.tasks.base import Problem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
+LossTransform = Literal["none", "log"]
 
 
 @dataclass
@@ -116,9 +118,16 @@ class MetaLearner(L.LightningModule):
             separate parameters of a module optimizee (the paper's conv / FC LSTMs for CIFAR-10).
         num_steps: horizon: inner steps per optimizee before a fresh one is drawn (paper: 100).
         unroll: inner steps per truncation, i.e. per meta-update (paper: 20); must divide ``num_steps``.
-        second_derivatives: back-propagate through the optimizee's gradient too (paper: off).
+        second_derivatives: back-propagate through the optimizee's gradient too (paper: off;
+            truncated BPTT only: PES never differentiates).
         loss_weights: the meta-loss weights ``w_t`` over the horizon: ``"uniform"`` (paper,
             all 1), ``"increasing"`` (``t / num_steps``) or an explicit list of ``num_steps`` floats.
+        loss_transform: ``"none"`` (paper: the losses themselves) or ``"log"``: each optimizee's
+            loss enters the meta-loss as its logarithm, so late small losses weigh as much as
+            early large ones (a remedy for "sprinters"; needs positive losses).
+        estimator: how each truncation's meta-gradient is estimated
+            (:mod:`l2l_lightning.meta.estimators`): ``TruncatedBPTT()`` (default, the paper's) or
+            ``PES(num_particles, sigma)``; in YAML ``model.estimator.class_path``.
         meta_optimizer: the optimizer of φ (paper: Adam, lr 1e-3), e.g.
             ``--model.meta_optimizer.lr 3e-3`` on the command line.
         truncations_per_epoch: meta-updates per Lightning epoch (validation runs per epoch by default).
@@ -148,6 +157,8 @@ class MetaLearner(L.LightningModule):
         unroll: int = 20,
         second_derivatives: bool = False,
         loss_weights: LossWeights = "uniform",
+        loss_transform: LossTransform = "none",
+        estimator: Optional[OuterEstimator] = None,
         meta_optimizer: OptimizerCallable = torch.optim.Adam,
         truncations_per_epoch: int = 100,
         val_problems: int = 1,
@@ -176,12 +187,27 @@ class MetaLearner(L.LightningModule):
             raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
         if not isinstance(task, Task):
             raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
+        if loss_transform not in ("none", "log"):
+            raise ConfigError(f"MetaLearner: loss_transform={loss_transform!r}; allowed: 'none', 'log'")
+        estimator = TruncatedBPTT() if estimator is None else estimator
+        if not isinstance(estimator, OuterEstimator):
+            raise ConfigError(
+                f"MetaLearner: estimator is a {type(estimator).__name__}; it must be an "
+                "l2l_lightning.meta.estimators.OuterEstimator (TruncatedBPTT, PES or your subclass)"
+            )
+        if second_derivatives and not isinstance(estimator, TruncatedBPTT):
+            raise ConfigError(
+                f"MetaLearner: second_derivatives=true only applies to TruncatedBPTT; {type(estimator).__name__} "
+                "never differentiates through the unroll (set model.second_derivatives false)"
+            )
         if net is not None and not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(
                 f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
                 "l2l_lightning.nets.LearnedOptimizerNet (see the README's 'Your own learned optimizer')"
             )
         self.task = task
+        self.estimator = estimator
+        self.loss_transform = loss_transform
         self.net = net if net is not None else CoordinatewiseLSTM()
         self._save_hyperparameters_as_data(meta_optimizer)
         self.num_steps = num_steps
@@ -211,8 +237,9 @@ class MetaLearner(L.LightningModule):
         ``MetaLearner.load_from_checkpoint(path)`` rebuild task and net through Lightning's
         own CLI instantiator, whether the module was made by ``l2l`` or in Python.
         """
-        self.save_hyperparameters(ignore=["task", "net", "meta_optimizer"], frame=inspect.currentframe().f_back)
+        self.save_hyperparameters(ignore=["task", "net", "meta_optimizer", "estimator"], frame=inspect.currentframe().f_back)
         self.hparams["task"] = self.task.config
+        self.hparams["estimator"] = self.estimator.config
         self.hparams["net"] = self.net.spec
         optimizer_spec = _callable_spec(meta_optimizer)
         if optimizer_spec is not None:
@@ -223,10 +250,15 @@ class MetaLearner(L.LightningModule):
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
-        if self._resume is not None and self._restore_stream(self._resume):
-            return  # resumed from a checkpoint: the same problem, continued, then the same stream
-        # Each rank, and each resumed run, draws its own stream of problems.
+        resume = self._resume
         seed = torch.initial_seed() + 1_000_003 * self.global_rank + self.global_step
+        self.estimator.setup(self.global_rank, seed)
+        if resume is not None and self._restore_stream(resume):
+            # resumed from a checkpoint: the same problem, continued, then the same stream
+            if "estimator" in resume:
+                self.estimator.load_state_dict(resume["estimator"], self.device)
+            return
+        # Each rank, and each resumed run, draws its own stream of problems.
         self._generator = torch.Generator().manual_seed(seed % 2**63)
         self._carry = None
 
@@ -240,24 +272,24 @@ class MetaLearner(L.LightningModule):
             carry = _Carry(problem, net, theta, net.init_state(problem.layout, device=self.device), 0)
         return carry
 
+    def objective(self, losses: Tensor, start: int) -> Tensor:
+        """The meta-loss of a truncation's ``(steps, optimizees)`` losses after inner step ``start``:
+        ``Σ_t w_t · mean_i f_i(θ_t)`` (or of ``log f_i`` with ``loss_transform="log"``)."""
+        per_step = losses.mean(dim=1) if self.loss_transform == "none" else losses.clamp_min(1e-30).log().mean(dim=1)
+        return (per_step * self.loss_weights[start : start + losses.shape[0]]).sum()
+
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
         carry = self._next_carry()
-        losses, theta, state = unroll(
-            carry.net,
-            carry.problem,
-            carry.theta,
-            carry.state,
-            carry.step,
-            self.unroll,
-            second_derivatives=self.second_derivatives,
-        )
-        self._carry = _Carry(carry.problem, carry.net, theta, state, carry.step + self.unroll)
-        weights = self.loss_weights[carry.step : carry.step + self.unroll]
-        meta_loss = (losses.mean(dim=1) * weights).sum()
-        self._loss_finite = bool(torch.isfinite(meta_loss))
-        self.log("meta/loss", meta_loss, prog_bar=True)
-        self.log("meta/final_loss", losses[-1].mean())
-        return meta_loss
+        run = Truncation(
+            self.net, carry.net, carry.problem, carry.theta, carry.state, carry.step, self.unroll,
+            fresh=carry.step == 0, objective=self.objective, second_derivatives=self.second_derivatives,
+        )  # fmt: skip
+        result = self.estimator.truncation(run)
+        self._carry = _Carry(carry.problem, carry.net, result.theta, result.state, carry.step + self.unroll)
+        self._loss_finite = bool(torch.isfinite(result.loss)) and bool(torch.isfinite(result.meta_loss))
+        self.log("meta/loss", result.meta_loss, prog_bar=True)
+        self.log("meta/final_loss", result.final_loss)
+        return result.loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Skip the meta-step when the loss or any meta-gradient is NaN/Inf.
@@ -276,6 +308,7 @@ class MetaLearner(L.LightningModule):
             self._nonfinite_in_row += 1
             self._skipped += 1
             self._carry = None  # the problem diverged: start a fresh one
+            self.estimator.reset()
             warnings.warn(
                 f"meta-step {self.global_step} skipped: non-finite meta-loss or meta-gradient "
                 f"({self._nonfinite_in_row} in a row, {self._skipped} in total); the optimizer weights are unchanged"
@@ -443,6 +476,7 @@ class MetaLearner(L.LightningModule):
                 state=tree_map(lambda t: t.detach().cpu().clone(), carry.state),
                 step=int(carry.step),
             )
+        stream["estimator"] = self.estimator.state_dict()  # e.g. PES's perturbations, carried with the problem
         return stream
 
     def _restore_stream(self, stream: dict[str, Any]) -> bool:

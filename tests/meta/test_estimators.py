@@ -1,0 +1,140 @@
+"""Outer-gradient estimators: truncated BPTT as before, PES unbiased and resumable, bad settings refused."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn.utils import parameters_to_vector
+
+from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, QuadraticTask
+from l2l_lightning.meta.estimators import PES, Truncation, TruncatedBPTT
+from l2l_lightning.meta.unroll import bind, unroll
+from tests.conftest import tiny_learner, tiny_trainer
+
+
+def _tiny():
+    torch.manual_seed(0)
+    net = CoordinatewiseLSTM(hidden_size=2, preprocess="none", output_scale=0.1)
+    problem = QuadraticTask(dim=2, num_problems=1).sample(torch.Generator().manual_seed(3))
+    return net, problem
+
+
+def _objective(losses, start):
+    return losses.mean(dim=1).sum()
+
+
+def _exact_gradient(net, problem, num_steps):
+    """d/dφ of the summed loss over the whole horizon, through everything (second derivatives too)."""
+    bound = bind(net, problem)
+    theta = problem.initial_params()
+    result = unroll(bound, problem, theta, bound.init_state(problem.layout), 0, num_steps, second_derivatives=True)
+    grads = torch.autograd.grad(result.losses.sum(), list(net.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _pes_estimate(estimator, net, problem, num_steps, unroll_steps):
+    """One PES estimate of the whole horizon's gradient: the sum of its truncations' estimates."""
+    bound = bind(net, problem)
+    theta, state = problem.initial_params(), bound.init_state(problem.layout)
+    total = torch.zeros(sum(p.numel() for p in net.parameters()))
+    for start in range(0, num_steps, unroll_steps):
+        run = Truncation(net, bound, problem, theta, state, start, unroll_steps, start == 0, _objective)
+        result = estimator.truncation(run)
+        grads = torch.autograd.grad(result.loss, list(net.parameters()))
+        total += torch.cat([g.reshape(-1) for g in grads])
+        theta, state = result.theta, result.state
+    return total
+
+
+@pytest.mark.slow
+def test_pes_is_unbiased_for_the_exact_meta_gradient_over_several_truncations():
+    """Averaged over many samples, PES's estimate agrees with the exact gradient of the whole horizon
+    (all truncations, second derivatives included) within its standard error; truncated BPTT,
+    which cuts the gradient at each boundary, does not."""
+    net, problem = _tiny()
+    exact = _exact_gradient(net, problem, num_steps=6)
+    estimator = PES(num_particles=8, sigma=1e-3)
+    estimator.setup(rank=0, seed=0)
+    samples = torch.stack([_pes_estimate(estimator, net, problem, 6, 2) for _ in range(300)]).double()
+    mean, sem = samples.mean(0), samples.std(0) / samples.shape[0] ** 0.5
+    z = (mean - exact.double()) / sem.clamp_min(1e-12)
+    assert z.abs().max() < 4.5, f"max |z| = {z.abs().max():.2f}"
+    assert (z.square().mean() - 1).abs() < 0.6  # the errors look like noise of the stated size, not a bias
+    truncated = _pes_estimate(TruncatedBPTT(), net, problem, 6, 2)  # the same loop, BPTT's per-truncation gradients
+    assert ((truncated - exact).abs() / sem.clamp_min(1e-12)).max() > 10  # the bias PES removes is real here
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"num_particles": 3}, "num_particles=3 must be an even integer >= 2"),
+        ({"num_particles": 0}, "num_particles=0"),
+        ({"sigma": 0.0}, "sigma=0.0 must be a positive finite number"),
+        ({"sigma": float("inf")}, "sigma=inf"),
+    ],
+)
+def test_pes_settings_that_cannot_work_are_config_errors(kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        PES(**kwargs)
+
+
+def test_second_derivatives_with_pes_is_a_config_error():
+    with pytest.raises(ConfigError, match="second_derivatives=true only applies to TruncatedBPTT"):
+        tiny_learner(estimator=PES(num_particles=2), second_derivatives=True)
+
+
+def test_pes_meta_trains_and_changes_the_weights(tmp_path):
+    torch.manual_seed(0)
+    learner = tiny_learner(estimator=PES(num_particles=4, sigma=0.01))
+    before = parameters_to_vector(learner.net.parameters()).detach().clone()
+    tiny_trainer(tmp_path, max_steps=6).fit(learner)
+    after = parameters_to_vector(learner.net.parameters()).detach()
+    assert torch.isfinite(after).all() and not torch.equal(before, after)
+    assert learner.hparams["estimator"] == {
+        "class_path": "l2l_lightning.meta.estimators.pes.PES",
+        "init_args": {"num_particles": 4, "sigma": 0.01},
+    }
+
+
+@pytest.mark.parametrize("stop", [1, 3])
+def test_pes_state_survives_checkpoint_and_resume_bit_exactly(tmp_path, stop):
+    """The accumulated perturbations, every particle's optimizees and the perturbation stream resume."""
+
+    def fit(max_steps, ckpt_path=None, save=None):
+        torch.manual_seed(0)
+        learner = tiny_learner(estimator=PES(num_particles=4, sigma=0.01))
+        trainer = tiny_trainer(tmp_path, max_steps=max_steps, enable_checkpointing=False)
+        trainer.fit(learner, ckpt_path=ckpt_path)
+        if save is not None:
+            trainer.save_checkpoint(save)
+        return learner
+
+    straight = fit(6)
+    fit(stop, save=tmp_path / "part.ckpt")
+    saved = torch.load(tmp_path / "part.ckpt", weights_only=True)["l2l_stream"]["estimator"]  # plain data
+    assert saved["xi"].shape[0] == 4 and len(saved["particles"]) == 4
+    resumed = fit(6, ckpt_path=tmp_path / "part.ckpt")
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(straight.estimator._xi, resumed.estimator._xi)
+
+
+def test_pes_from_yaml(tmp_path):
+    from l2l_lightning.cli import main
+    from tests.test_cli import CONFIG, FAST
+
+    main(["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+          "--model.second_derivatives", "false", "--model.estimator", "l2l_lightning.meta.estimators.PES",
+          "--model.estimator.init_args.num_particles", "2", "--test_after_fit", "false"])  # fmt: skip
+    (last,) = tmp_path.glob("quadratic/version_0/checkpoints/last.ckpt")
+    learner = MetaLearner.load_from_checkpoint(last)
+    assert isinstance(learner.estimator, PES) and learner.estimator.num_particles == 2
+
+
+def test_log_loss_transform_is_the_mean_log_loss():
+    learner = tiny_learner(loss_transform="log")
+    losses = torch.tensor([[1.0, 4.0], [2.0, 8.0]])
+    expected = (torch.log(losses).mean(dim=1) * learner.loss_weights[:2]).sum()
+    torch.testing.assert_close(learner.objective(losses, 0), expected)
+    with pytest.raises(ConfigError, match="loss_transform='sqrt'; allowed: 'none', 'log'"):
+        tiny_learner(loss_transform="sqrt")
