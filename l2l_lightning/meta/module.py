@@ -41,7 +41,7 @@ from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.safe_load import check_spec_allowed, load_plain
-from l2l_lightning.tasks.base import Problem, Task
+from l2l_lightning.tasks.base import Problem, ScaledProblem, Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
 LossTransform = Literal["none", "log"]
@@ -73,6 +73,21 @@ def loss_weights_for(spec: LossWeights, num_steps: int) -> Tensor:
             "finite non-negative floats"
         )
     return weights
+
+
+def _check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll: int) -> list[int]:
+    """The horizons meta-training goes through: the curriculum's, then ``num_steps``."""
+    if horizons is None:
+        return [num_steps]
+    horizons = list(horizons)
+    for h in horizons:
+        check_positive_int("MetaLearner: horizon_curriculum entry", h)
+    if not horizons or any(h % unroll for h in horizons) or horizons != sorted(set(horizons)) or horizons[-1] > num_steps:
+        raise ConfigError(
+            f"MetaLearner: horizon_curriculum={horizons!r} must be a non-empty list of strictly increasing "
+            f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
+        )
+    return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
 
 
 def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
@@ -128,6 +143,16 @@ class MetaLearner(L.LightningModule):
         estimator: how each truncation's meta-gradient is estimated
             (:mod:`l2l_lightning.meta.estimators`): ``TruncatedBPTT()`` (default, the paper's) or
             ``PES(num_particles, sigma)``; in YAML ``model.estimator.class_path``.
+        random_scaling: ``s > 0`` rescales every training problem's parameters coordinatewise
+            by ``c = exp(U[-s, s])`` (Lv et al. 2017: the optimizee becomes ``f(c ⊙ θ)``), so the
+            net cannot rely on one gradient scale; validation and test problems are never scaled.
+            0 (default): off, as in the paper.
+        horizon_curriculum: a list of increasing horizons (multiples of ``unroll``, the last at
+            most ``num_steps``) to train on first: meta-training starts with problems of the first
+            horizon and moves to the next when a validation's ``val/mean_loss`` does not improve on
+            the stage's best (Chen et al. 2020, "Training stronger baselines for learning to
+            optimize"); after the last entry, ``num_steps``.  ``None`` (default): ``num_steps``
+            from the start, as in the paper.
         meta_optimizer: the optimizer of φ (paper: Adam, lr 1e-3), e.g.
             ``--model.meta_optimizer.lr 3e-3`` on the command line.
         truncations_per_epoch: meta-updates per Lightning epoch (validation runs per epoch by default).
@@ -159,6 +184,8 @@ class MetaLearner(L.LightningModule):
         loss_weights: LossWeights = "uniform",
         loss_transform: LossTransform = "none",
         estimator: Optional[OuterEstimator] = None,
+        random_scaling: float = 0.0,
+        horizon_curriculum: Optional[list[int]] = None,
         meta_optimizer: OptimizerCallable = torch.optim.Adam,
         truncations_per_epoch: int = 100,
         val_problems: int = 1,
@@ -187,6 +214,12 @@ class MetaLearner(L.LightningModule):
             raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
         if not isinstance(task, Task):
             raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
+        if isinstance(random_scaling, bool) or not isinstance(random_scaling, (int, float)) or not 0 <= random_scaling < 20:
+            raise ConfigError(
+                f"MetaLearner: random_scaling={random_scaling!r} must be a number in [0, 20): the half-width s of "
+                "log-scales c = exp(U[-s, s]) (0 = off)"
+            )
+        horizons = _check_curriculum(horizon_curriculum, num_steps, unroll)
         if loss_transform not in ("none", "log"):
             raise ConfigError(f"MetaLearner: loss_transform={loss_transform!r}; allowed: 'none', 'log'")
         estimator = TruncatedBPTT() if estimator is None else estimator
@@ -208,6 +241,9 @@ class MetaLearner(L.LightningModule):
         self.task = task
         self.estimator = estimator
         self.loss_transform = loss_transform
+        self.random_scaling = float(random_scaling)
+        self._horizons = horizons  #: the curriculum's horizons, then num_steps
+        self._stage, self._stage_best = 0, math.inf
         self.net = net if net is not None else CoordinatewiseLSTM()
         self._save_hyperparameters_as_data(meta_optimizer)
         self.num_steps = num_steps
@@ -257,16 +293,41 @@ class MetaLearner(L.LightningModule):
             # resumed from a checkpoint: the same problem, continued, then the same stream
             if "estimator" in resume:
                 self.estimator.load_state_dict(resume["estimator"], self.device)
+            if "curriculum" in resume:
+                self._stage, self._stage_best = int(resume["curriculum"][0]), float(resume["curriculum"][1])
             return
         # Each rank, and each resumed run, draws its own stream of problems.
         self._generator = torch.Generator().manual_seed(seed % 2**63)
         self._carry = None
 
+    @property
+    def horizon(self) -> int:
+        """Inner steps per training problem now: ``num_steps``, or the current curriculum stage's."""
+        return self._horizons[self._stage]
+
+    def _draw_training_problem(self) -> Problem:
+        """The next training problem of the stream (randomly rescaled if ``random_scaling``)."""
+        problem = self.task.sample(self._generator, self.device, split="train")
+        if self.random_scaling:
+            theta = problem.initial_params()
+            u = torch.rand(theta.shape, generator=self._generator, dtype=torch.float64) * 2 - 1
+            problem = ScaledProblem(problem, (u * self.random_scaling).exp().to(theta.dtype).to(theta.device))
+        return problem
+
+    def _advance_curriculum(self, val_mean_loss: float) -> None:
+        """Move to the next horizon when a validation does not improve on the current stage's best."""
+        if self._stage + 1 >= len(self._horizons):
+            return
+        if val_mean_loss < self._stage_best:
+            self._stage_best = val_mean_loss
+            return
+        self._stage, self._stage_best = self._stage + 1, math.inf
+
     def _next_carry(self) -> _Carry:
         carry = self._carry
-        if carry is None or carry.step >= self.num_steps:
+        if carry is None or carry.step >= self.horizon:
             self._draw_state = self._generator.get_state()  # to re-draw this problem on resume
-            problem = self.task.sample(self._generator, self.device, split="train")
+            problem = self._draw_training_problem()
             theta = problem.initial_params()
             net = bind(self.net, problem)
             carry = _Carry(problem, net, theta, net.init_state(problem.layout, device=self.device), 0)
@@ -288,6 +349,8 @@ class MetaLearner(L.LightningModule):
         self._carry = _Carry(carry.problem, carry.net, result.theta, result.state, carry.step + self.unroll)
         self._loss_finite = bool(torch.isfinite(result.loss)) and bool(torch.isfinite(result.meta_loss))
         self.log("meta/loss", result.meta_loss, prog_bar=True)
+        if len(self._horizons) > 1:
+            self.log("meta/horizon", float(self.horizon))
         self.log("meta/final_loss", result.final_loss)
         return result.loss
 
@@ -392,6 +455,8 @@ class MetaLearner(L.LightningModule):
             },
             sync_dist=False,  # already reduced by torchmetrics / identical on every rank
         )
+        if stage == "val" and not self.trainer.sanity_checking:
+            self._advance_curriculum(mean_loss)  # the same value on every rank: the same decision
         if isinstance(self.logger, TensorBoardLogger) and self.global_rank == 0 and not self.trainer.sanity_checking:
             self._log_curves(stage, curve, adam)
 
@@ -477,6 +542,7 @@ class MetaLearner(L.LightningModule):
                 step=int(carry.step),
             )
         stream["estimator"] = self.estimator.state_dict()  # e.g. PES's perturbations, carried with the problem
+        stream["curriculum"] = [self._stage, self._stage_best]
         return stream
 
     def _restore_stream(self, stream: dict[str, Any]) -> bool:
@@ -496,7 +562,7 @@ class MetaLearner(L.LightningModule):
             return True
         self._generator.set_state(stream["draw_generator"])
         self._draw_state = stream["draw_generator"].clone()
-        problem = self.task.sample(self._generator, self.device, split="train")
+        problem = self._draw_training_problem()
         theta = stream["theta"].to(self.device)
         if not torch.equal(self._generator.get_state(), stream["generator"]) or (
             problem.initial_params().shape != theta.shape

@@ -195,3 +195,27 @@ class StackedModuleProblem(Problem):
 
     def loss(self, theta: Tensor, step: int) -> Tensor:
         return vmap(self._one)(theta.view(self.num_optimizees, self.size), self.batch(step))
+
+
+class ScaledProblem(Problem):
+    """``problem`` with its parameters rescaled coordinatewise: ``f(c ⊙ θ)`` from ``θ₀ / c``.
+
+    The random scaling of Lv, Jiang, Li 2017 ("Learning gradient descent: better
+    generalization and longer horizons"): the optimizee follows the same trajectory in
+    ``c ⊙ θ``, but its gradients are scaled by ``c`` and its parameters by ``1/c``, so an
+    optimizer meta-trained on many ``c`` cannot rely on the scale of one task's gradients.
+    """
+
+    def __init__(self, problem: Problem, scale: Tensor) -> None:
+        self.problem, self.scale = problem, scale
+        self.num_optimizees = problem.num_optimizees
+
+    def initial_params(self) -> Tensor:
+        return self.problem.initial_params() / self.scale
+
+    def loss(self, theta: Tensor, step: int) -> Tensor:
+        return self.problem.loss(theta * self.scale, step)
+
+    @property
+    def layout(self) -> Layout:
+        return self.problem.layout

@@ -138,3 +138,62 @@ def test_log_loss_transform_is_the_mean_log_loss():
     torch.testing.assert_close(learner.objective(losses, 0), expected)
     with pytest.raises(ConfigError, match="loss_transform='sqrt'; allowed: 'none', 'log'"):
         tiny_learner(loss_transform="sqrt")
+
+
+# ------------------------------------------------------------------------ training tricks
+def test_a_scaled_problem_is_the_same_problem_in_rescaled_coordinates():
+    from l2l_lightning.tasks.base import ScaledProblem
+
+    problem = QuadraticTask(dim=3, num_problems=2).sample(torch.Generator().manual_seed(0))
+    scale = torch.tensor([0.1, 1.0, 10.0] * 2)
+    scaled = ScaledProblem(problem, scale)
+    torch.testing.assert_close(scaled.loss(scaled.initial_params(), 0), problem.loss(problem.initial_params(), 0))
+    theta = scaled.initial_params().requires_grad_(True)
+    (grad,) = torch.autograd.grad(scaled.loss(theta, 0).sum(), theta)
+    base = problem.initial_params().requires_grad_(True)
+    (base_grad,) = torch.autograd.grad(problem.loss(base, 0).sum(), base)
+    torch.testing.assert_close(grad, base_grad * scale)  # gradients scaled by c: what the net must not rely on
+    assert scaled.layout == problem.layout and scaled.num_optimizees == 2
+
+
+def test_random_scaling_rescales_training_problems_only(tmp_path):
+    learner = tiny_learner(random_scaling=2.0)
+    learner._generator = torch.Generator().manual_seed(0)
+    problem = learner._draw_training_problem()
+    assert type(problem).__name__ == "ScaledProblem"
+    assert problem.scale.min() >= torch.exp(torch.tensor(-2.0)) and problem.scale.max() <= torch.exp(torch.tensor(2.0))
+    assert problem.scale.std() > 0.3  # really random per coordinate
+    assert all(type(p).__name__ == "QuadraticProblem" for p in learner.heldout_problems("val"))
+    tiny_trainer(tmp_path, max_steps=4).fit(learner)  # trains
+    with pytest.raises(ConfigError, match="random_scaling=-1 must be a number in"):
+        tiny_learner(random_scaling=-1)
+
+
+def test_the_horizon_curriculum_lengthens_when_validation_stops_improving():
+    learner = tiny_learner(num_steps=8, unroll=2, horizon_curriculum=[2, 4])
+    assert learner.horizon == 2
+    learner._advance_curriculum(5.0)  # first validation of the stage: its best so far
+    learner._advance_curriculum(4.0)  # improved: stay
+    assert learner.horizon == 2
+    learner._advance_curriculum(4.5)  # no improvement: next stage
+    assert learner.horizon == 4
+    learner._advance_curriculum(3.0)
+    learner._advance_curriculum(3.0)
+    assert learner.horizon == 8  # then num_steps, for good
+    learner._advance_curriculum(9.0)
+    assert learner.horizon == 8
+
+
+@pytest.mark.parametrize(
+    "curriculum", [[3, 4], [4, 2], [2, 2], [2, 10], []],
+)
+def test_a_curriculum_that_cannot_work_is_a_config_error(curriculum):
+    with pytest.raises(ConfigError, match="horizon_curriculum=.*strictly increasing multiples of unroll=2.*num_steps=8"):
+        tiny_learner(num_steps=8, unroll=2, horizon_curriculum=curriculum)
+
+
+def test_a_curriculum_run_draws_problems_of_the_current_horizon(tmp_path):
+    torch.manual_seed(0)
+    learner = tiny_learner(num_steps=8, unroll=2, horizon_curriculum=[2])
+    tiny_trainer(tmp_path, max_steps=3).fit(learner)
+    assert learner._carry.step == 2  # each problem lived 2 inner steps (one truncation) at stage 0
