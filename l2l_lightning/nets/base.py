@@ -234,6 +234,15 @@ class LearnedOptimizerNet(nn.Module, ABC):
         n = as_layout(layout).numel
         return torch.zeros(self.state_shape(n), device=device, dtype=dtype or torch.float32)
 
+    def init_states(
+        self, layout: Layout, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
+    ) -> list[Tensor]:
+        """The initial state of each segment, one tensor each (a deployed optimizer keeps one per parameter).
+
+        Zeros by default; a net whose :meth:`init_state` is not zero overrides both alike.
+        """
+        return [torch.zeros(shape, device=device, dtype=dtype or torch.float32) for shape in self.state_shapes(layout)]
+
     def bind(self, layout: Layout) -> "LearnedOptimizerNet":
         """This net as applied to ``layout``; refuse (``ConfigError``) a layout it cannot work with."""
         return self

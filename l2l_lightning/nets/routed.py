@@ -257,6 +257,14 @@ class BoundNets(LearnedOptimizerNet):
                 shapes[i] = shape
         return shapes
 
+    def init_states(self, layout: Layout, device: Any = None, dtype: Optional[torch.dtype] = None) -> list[Tensor]:
+        self._check(layout)
+        states: list[Any] = [None] * len(layout)
+        for net, members, sub, _ in self.parts:
+            for i, state in zip(members, net.init_states(sub, device=device, dtype=dtype)):
+                states[i] = state
+        return states
+
     def init_state(self, layout: Any = None, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Any, ...]:
         self._check(layout)
         return tuple(net.init_state(sub, device=device, dtype=dtype) for net, _, sub, _ in self.parts)

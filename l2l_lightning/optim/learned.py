@@ -8,7 +8,9 @@ treat it like any other optimizer.
 
 State per parameter (``self.state[p]``):
 
-* ``"lstm"``: ``(num_layers, 2, p.numel(), hidden)`` in the group's ``state_dtype``;
+* ``"lstm"``: the net's state for this parameter, in the group's ``state_dtype``
+  (``(num_layers, 2, p.numel(), hidden)`` for the LSTM; the key keeps its name for every
+  net, so state dicts of earlier versions load);
 * ``"step"``: how many times the net has stepped this parameter's state: an ``int`` on
   CPU, a 0-d int64 tensor on the parameter's device on GPUs (advanced without a host sync).
 
@@ -228,7 +230,7 @@ class LearnedOptimizer(Optimizer):
         state_dtype: dtype of the per-coordinate LSTM state, per group: ``"float32"``
             (default) or ``"bfloat16"`` (half the memory; the state is rounded after each step).
         chunk_size: coordinates per chunk of the step (default: 8192 on CPU, 2**18 on CUDA,
-            see :data:`~l2l_lightning.nets.lstm.DEFAULT_CHUNK_SIZE`); bounds the step's
+            see :data:`~l2l_lightning.optim.runtime.DEFAULT_CHUNK_SIZE`); bounds the step's
             temporary memory.  Must be a positive integer.
         compile: ``torch.compile`` the chunk computation: ``"auto"`` (default: on CUDA, where
             fusing the gate math pays; not on CPU, where it does not), ``True`` or ``False``.
@@ -275,6 +277,7 @@ class LearnedOptimizer(Optimizer):
         self._net_spec = net_spec(net)
         self._fingerprint = fingerprint(net)
         self._nets: dict[tuple[torch.device, torch.dtype], LearnedOptimizerNet] = {}  # see _net_for
+        self._bound: dict[tuple[Any, ...], tuple[LearnedOptimizerNet, LearnedOptimizerNet]] = {}  # see _bound_net
         #: Sync-free steps' (host flags, CUDA event) awaiting their SkippedStepWarning.
         self._pending: list[tuple[Tensor, Any]] = []
         #: ``None``: decide per device (sync-free on anything but CPU); tests force ``True`` on CPU.
@@ -401,6 +404,7 @@ class LearnedOptimizer(Optimizer):
         super().__setstate__(state)
         defaults = {
             "_nets": {},
+            "_bound": {},
             "_pending": [],
             "_chunk_size": None,
             "_compile": "auto",
@@ -419,6 +423,17 @@ class LearnedOptimizer(Optimizer):
             net = copy.deepcopy(self._net).to(device=device, dtype=dtype)
             self._nets[key] = net
         return net
+
+    def _bound_net(self, device: torch.device, grad_dtype: torch.dtype, layout: Layout) -> LearnedOptimizerNet:
+        """The net on ``device`` bound to ``layout`` (cached: binding routed nets builds index tensors)."""
+        net = self._net_for(device, grad_dtype)
+        key = (device, grad_dtype, layout)
+        cached = self._bound.get(key)
+        if cached is None or cached[0] is not net:  # a new copy of the net (moved, or the cache was reset)
+            if len(self._bound) >= 8:  # parameters came and went: keep the cache small
+                self._bound.clear()
+            cached = self._bound[key] = (net, net.bind(layout))
+        return cached[1]
 
     # ---------------------------------------------------------------- the step
     def _buckets(self) -> list[_Bucket]:
@@ -441,7 +456,7 @@ class LearnedOptimizer(Optimizer):
         buckets = []
         for (device, dtype), members in by_key.items():
             layout = Layout(segment for *_, segment in members)
-            net = self._net_for(device, dtype).bind(layout)
+            net = self._bound_net(device, dtype, layout)
             params = [p for p, *_ in members]
             for p, shape in zip(params, net.state_shapes(layout)):
                 lstm = self.state[p].get("lstm") if p in self.state else None
@@ -459,12 +474,13 @@ class LearnedOptimizer(Optimizer):
         """Each parameter's state, created (zeros) or converted to its group's dtype, in ``self.state``."""
         bucket.states = []
         shapes = bucket.net.state_shapes(bucket.layout)
-        for p, group, shape in zip(bucket.params, bucket.groups, shapes):
+        for p, group, shape, segment in zip(bucket.params, bucket.groups, shapes, bucket.layout):
             state_dtype = STATE_DTYPES[group["state_dtype"]]
             entry = self.state[p]
             lstm = entry.get("lstm")
-            if lstm is None:
-                lstm = torch.zeros(shape, device=p.grad.device, dtype=state_dtype)
+            if lstm is None:  # the net's initial state for this one parameter
+                alone = Layout([segment])
+                lstm = self._net.bind(alone).init_states(alone, device=p.grad.device, dtype=state_dtype)[0]
             elif lstm.dtype != state_dtype or lstm.device != p.grad.device or not lstm.is_contiguous():
                 lstm = lstm.to(device=p.grad.device, dtype=state_dtype, memory_format=torch.contiguous_format)
             entry["lstm"] = lstm

@@ -655,3 +655,21 @@ def test_torch_compile_of_a_training_step_with_step_inside_equals_eager(small_ne
     for a, b in zip(eager_params, compiled_params):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # bit-equal here; inductor may round differently elsewhere
     assert all(s["step"] == 3 for s in compiled_opt.state.values())
+
+
+def test_a_net_with_a_nonzero_initial_state_starts_each_parameter_from_it(small_net):
+    """Deployment asks the net for each parameter's initial state instead of assuming zeros."""
+    from tests.conftest import MinimalNet
+
+    class OnesNet(MinimalNet):
+        def init_states(self, layout, device=None, dtype=None):
+            return [torch.ones(shape, device=device, dtype=dtype) for shape in self.state_shapes(layout)]
+
+    net = OnesNet(small_net)
+    a, b = make_params((3,), (4,))
+    opt = LearnedOptimizer([a, b], checkpoint=net)
+    set_grads([a, b])
+    expected, _ = small_net(torch.cat([a.grad, b.grad]), torch.ones(small_net.state_shape(7)))
+    before = torch.cat([a.detach(), b.detach()])
+    opt.step()
+    torch.testing.assert_close(torch.cat([a.detach(), b.detach()]) - before, expected)
