@@ -5,7 +5,8 @@
 #   SIZES=1M,10M bash benchmarks/gpu_check.sh
 #
 # 1. CUDA vs CPU (float32, TF32 off): CoordinatewiseLSTM.step_inplace (eager and
-#    torch.compile), LearnedOptimizer over several steps (float32 and bfloat16 states),
+#    torch.compile), LSTM+GAC over several tensors (eager), LearnedOptimizer over several
+#    steps (float32 and bfloat16 states),
 #    and the meta-training unroll (losses and meta-gradients).  Each row prints the max
 #    error relative to the tensor's scale; the script fails if any exceeds its bound.
 # 2. No host synchronisation inside LearnedOptimizer.step(): steps (a normal one, one with a
@@ -25,7 +26,9 @@ import torch
 from torch import nn
 
 from l2l_lightning import CoordinatewiseLSTM, LearnedOptimizer, QuadraticTask, unroll
+from l2l_lightning.nets import GlobalAveragingLSTM, Layout, Segment
 from l2l_lightning.optim import SkippedStepWarning
+from l2l_lightning.optim.runtime import StepOptions
 
 if not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA device visible to torch")
@@ -58,11 +61,27 @@ for preprocess in ("none", "log_sign", "clamped"):
         cpu = net.step_inplace(g, cpu_state)
         for compile in (False, True):
             gpu_state = state.to("cuda", copy=True)
-            gpu = net.cuda().step_inplace(g.cuda(), gpu_state, compile=compile)
+            gpu = net.cuda().step_inplace(g.cuda(), gpu_state, options=StepOptions(compile=compile))
             net.cpu()
             tag = "compiled" if compile else "eager"
             record(f"step_inplace {preprocess} n={n} {tag}: update", rel(gpu, cpu), 1e-5)
             record(f"step_inplace {preprocess} n={n} {tag}: state", rel(gpu_state, cpu_state), 1e-5)
+
+
+# --- 1a'. LSTM+GAC (eager: its averaged columns depend on the chunk's rows), several tensors, vs CPU
+for average_over in ("optimizee", "tensor"):
+    torch.manual_seed(0)
+    net = GlobalAveragingLSTM(global_cells=5, average_over=average_over)
+    layout = Layout([Segment("w", (2**18 + 7,)), Segment("b", (300,))]).repeat(2)
+    g = torch.randn(layout.numel) * 1e-3
+    states = [torch.randn(net.state_shape(size)) * 0.5 for size in layout.sizes]
+    cpu_states = [s.clone() for s in states]
+    cpu = net.step_inplace(g, cpu_states, layout)
+    gpu_states = [s.to("cuda", copy=True) for s in states]
+    gpu = net.cuda().step_inplace(g.cuda(), gpu_states, layout)
+    net.cpu()
+    record(f"GAC step_inplace ({average_over}): update", rel(gpu, cpu), 1e-5)
+    record(f"GAC step_inplace ({average_over}): state", rel(torch.cat(gpu_states, 2), torch.cat(cpu_states, 2)), 1e-5)
 
 
 # --- 1b. LearnedOptimizer on CUDA (compile="auto": compiled) vs CPU (eager)
