@@ -3,7 +3,6 @@ YAML ``class_path`` for ``l2l fit``, resume, export, and ``LearnedOptimizer`` by
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import torch

@@ -44,7 +44,7 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Literal, Mapping, Optional, Sequence
+from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -106,7 +106,7 @@ class Layout:
     def __len__(self) -> int:
         return len(self.segments)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Segment]:
         return iter(self.segments)
 
     def __eq__(self, other: object) -> bool:
@@ -128,10 +128,6 @@ class Layout:
         """``copies`` optimizees of this layout, concatenated optimizee-major (stacked problems)."""
         per = max((s.optimizee for s in self.segments), default=-1) + 1
         return Layout(replace(s, optimizee=k * per + s.optimizee) for k in range(copies) for s in self.segments)
-
-    def with_routes(self, routes: Sequence[Optional[str]]) -> "Layout":
-        """The same segments, each with its explicitly chosen route (``None``: decided by patterns)."""
-        return Layout(replace(s, route=r) for s, r in zip(self.segments, routes, strict=True))
 
     def check(self, grad: Tensor) -> None:
         """Refuse a gradient that does not have this layout's number of coordinates."""
