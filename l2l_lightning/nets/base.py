@@ -387,6 +387,11 @@ class ChunkKernel(ABC):
         ``torch.compile`` (same maths as ``__call__``), or ``None`` if the kernel is not compilable."""
         return None
 
+    def fused_step(self, device: torch.device) -> Optional[Any]:
+        """A single-kernel step for ``device`` (``fn(grad, states, out, keep) -> out``, states advanced in
+        place, diverged coordinates reset), or ``None``: the runtime then runs this kernel in chunks."""
+        return None
+
 
 def import_class(class_path: str) -> type:
     """The class named by a dotted ``class_path`` (``CheckpointError`` if it cannot be imported)."""

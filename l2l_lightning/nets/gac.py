@@ -134,3 +134,6 @@ class _GACKernel(_LSTMKernel):
 
     def functional(self) -> Optional[tuple[Any, tuple[Any, ...]]]:
         return None  # the averaged columns depend on the chunk's rows: eager only
+
+    def fused_step(self, device: torch.device) -> Optional[Any]:
+        return None  # the LSTM's fused kernel has no averaged cells

@@ -426,6 +426,14 @@ class _LSTMKernel(ChunkKernel):
         net = self.net
         return _chunk_functional, (self.weights, net.preprocess, net.p, net.output_scale)
 
+    def fused_step(self, device: torch.device) -> Optional[Any]:
+        """The Triton kernel of :mod:`l2l_lightning.optim.triton_step` where it applies (float32 maths)."""
+        from l2l_lightning.optim import triton_step  # a deployment kernel: imported only when stepping
+
+        if self.dtype != torch.float32 or not triton_step.available(self.net, device):
+            return None
+        return triton_step.TritonLSTMStep(self.net, device)
+
 
 def _chunk_functional(
     g: Tensor, state: Tensor, weights: list[Tensor], preprocess_name: str, p: float, output_scale: float

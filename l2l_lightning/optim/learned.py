@@ -135,10 +135,10 @@ def _check_lr(lr: Any) -> None:
         raise ConfigError(f"lr={lr!r} must be a finite non-negative number (it multiplies the learned update)")
 
 
-def _check_compile(value: Any) -> Union[bool, str]:
+def _check_auto(name: str, value: Any, auto: str) -> Union[bool, str]:
     if value is True or value is False or value == "auto":
         return value
-    raise ConfigError(f"compile={value!r}; allowed: True, False or 'auto' (compile on CUDA only)")
+    raise ConfigError(f"{name}={value!r}; allowed: True, False or 'auto' ({auto})")
 
 
 def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
@@ -239,6 +239,10 @@ class LearnedOptimizer(Optimizer):
             :class:`~l2l_lightning.nets.RoutedNets` with ``type:`` patterns (or when the
             parameters are given unnamed): it names each parameter and its module type.
             Instead, a parameter group may name its route itself: ``{"params": ..., "route": "conv"}``.
+        fused: run the net's single-kernel step (the LSTM's Triton kernel: every state read and
+            written once, bfloat16 states moved as bfloat16; ``l2l_lightning.optim.triton_step``):
+            ``"auto"`` (default: wherever it is available, i.e. CUDA with Triton for the 2-layer
+            LSTM; it then takes the place of ``compile``), ``True`` (required) or ``False``.
 
     Example::
 
@@ -258,10 +262,12 @@ class LearnedOptimizer(Optimizer):
         chunk_size: Optional[int] = None,
         compile: Union[bool, str] = "auto",
         module: Optional[nn.Module] = None,
+        fused: Union[bool, str] = "auto",
     ) -> None:
         _check_lr(lr)
         self._chunk_size = None if chunk_size is None else check_chunk_size(chunk_size)
-        self._compile = _check_compile(compile)
+        self._compile = _check_auto("compile", compile, "compile on CUDA only")
+        self._fused = _check_auto("fused", fused, "the fused Triton step wherever it is available")
         net = load_net(checkpoint)
         if not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(
@@ -396,6 +402,7 @@ class LearnedOptimizer(Optimizer):
             _fingerprint=self._fingerprint,
             _chunk_size=self._chunk_size,
             _compile=self._compile,
+            _fused=self._fused,
             _sync_free=self._sync_free,
         )
         return state
@@ -408,6 +415,7 @@ class LearnedOptimizer(Optimizer):
             "_pending": [],
             "_chunk_size": None,
             "_compile": "auto",
+            "_fused": "auto",
             "_sync_free": None,
             "_module": None,
         }
@@ -489,7 +497,8 @@ class LearnedOptimizer(Optimizer):
     def _run(self, bucket: _Bucket, keep: Optional[Tensor] = None, threads: Optional[int] = None) -> Tensor:
         device = bucket.grad.device
         compile = self._compile is True or (self._compile == "auto" and device.type == "cuda")
-        options = StepOptions(chunk_size=self._chunk_size, compile=compile, threads=threads)
+        fused = None if self._fused == "auto" else self._fused
+        options = StepOptions(chunk_size=self._chunk_size, compile=compile, threads=threads, fused=fused)
         return bucket.net.step_inplace(bucket.grad, bucket.states, bucket.layout, keep=keep, options=options)
 
     @staticmethod

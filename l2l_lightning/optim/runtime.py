@@ -16,6 +16,9 @@ a step runs, separate from the net's maths (:class:`~l2l_lightning.nets.base.Chu
   elsewhere stalls every barrier for a scheduler time slice (~100× slower, measured).
 * **Compile.**  ``torch.compile`` of the kernel's pure form on request (on CUDA by
   default); a failed compilation warns once and runs eagerly from then on.
+* **Fused.**  Where a kernel offers a single-kernel step for the device (the LSTM's Triton
+  kernel on CUDA, :mod:`l2l_lightning.optim.triton_step`), that runs instead of the chunks
+  (``StepOptions.fused``: by default wherever it is available).
 * **Non-finite updates.**  A coordinate whose update comes out NaN/Inf gets a zero
   state, so one diverged coordinate cannot poison later steps; its update is left
   non-finite for the caller to see.  With ``keep`` (a 0-d device bool), states are
@@ -38,7 +41,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import check_positive_int
+from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.nets.base import ChunkKernel, Layout
 
 #: Rows per chunk, by device type.  On CPU a chunk's gate activations stay in L2/L3; on
@@ -59,11 +62,14 @@ class StepOptions:
         chunk_size: rows per chunk (default :data:`DEFAULT_CHUNK_SIZE` for the device).
         compile: run each chunk through ``torch.compile``.
         threads: CPU threads to share chunks over (default ``torch.get_num_threads()``).
+        fused: use the kernel's single-kernel step (``None``: wherever it is available;
+            ``True``: required, a ``ConfigError`` where it is not; ``False``: never).
     """
 
     chunk_size: Optional[int] = None
     compile: bool = False
     threads: Optional[int] = None
+    fused: Optional[bool] = None
 
 
 @contextlib.contextmanager
@@ -150,6 +156,15 @@ def step_chunked(
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(grad.shape)}")
     if n == 0:
         return out
+    if options.fused is not False:
+        fused = kernel.fused_step(device)
+        if fused is not None and all(_rows_contiguous(s, dim) and s.device == device for s in states):
+            return fused(grad, states, out, keep)
+        if options.fused:
+            raise ConfigError(
+                f"fused=True, but no single-kernel step for {type(kernel).__name__} on {device} with these states "
+                "(it needs Triton and CUDA, float32 maths, row-contiguous states); use fused='auto'"
+            )
     dtype = kernel.dtype
     rows = min(chunk_size, n)
     masked = keep is not None
