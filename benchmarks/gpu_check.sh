@@ -13,7 +13,9 @@
 #    NaN gradient, one after it) run under torch.cuda.set_sync_debug_mode("error"), which
 #    raises on any synchronising CUDA call (.item(), bool(tensor), blocking copies...).
 #    The NaN step must change nothing and its SkippedStepWarning must come from a later call.
-# 3. benchmarks/step_overhead.py and benchmarks/meta_throughput.py with --device cuda.
+# 3. benchmarks/step_overhead.py (float32 and bfloat16 state: ratio to fused Adam and to the
+#    bandwidth limit) and benchmarks/meta_throughput.py with --device cuda.  On CUDA the
+#    step uses the fused Triton kernel (optim/triton_step.py) where Triton is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES="${SIZES:-1M,10M,100M}"
@@ -177,4 +179,5 @@ if failed:
 EOF
 
 python benchmarks/step_overhead.py --device cuda --sizes "$SIZES" --naive-max 10M
+python benchmarks/step_overhead.py --device cuda --sizes "$SIZES" --naive-max 0 --state-dtype bfloat16
 python benchmarks/meta_throughput.py --device cuda

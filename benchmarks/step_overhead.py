@@ -3,7 +3,7 @@
 
     python benchmarks/step_overhead.py                       # 10k, 100k, 1M, 10M parameters
     python benchmarks/step_overhead.py --threads 1 --repeats 7
-    python benchmarks/step_overhead.py --device cuda --sizes 1M,10M,100M
+    python benchmarks/step_overhead.py --device cuda --sizes 1M,10M,100M --state-dtype bfloat16
 
 Each model is two square ``nn.Linear`` layers sized to the parameter count, with fixed
 random gradients (only the optimizer step is timed, never forward/backward).  In one
@@ -14,6 +14,12 @@ process and interleaved round-robin (so all see the same background load), it ti
   coordinates (full-size gate activations, a new state tensor per step), then
   ``θ += update``; it is checked to give the same parameters as ``LearnedOptimizer``;
 * ``torch.optim.Adam`` (default, foreach).
+
+On CUDA it adds the memory-bandwidth view: the bytes a step must move (state read and
+written in ``--state-dtype``, gradient read, update written and read back, parameter read
+and written), divided by the device-to-device copy bandwidth measured in the same run,
+is the step's lower bound; the table gives the step time as a ratio to it, and to
+``torch.optim.Adam(fused=True)`` (what users would otherwise pick on a GPU).
 
 Peak memory is the step's extra allocation beyond what exists before it (state,
 parameters, gradients): torch's CPU allocator events replayed from the profiler (see
@@ -118,6 +124,14 @@ def check(size: int, device: str, net: CoordinatewiseLSTM, chunk_size, compile) 
     return max((a - b).abs().max().item() for a, b in zip(fast_params, naive_params)) / moved
 
 
+def copy_bandwidth(device: str, numel: int = 2**28) -> float:
+    """Bytes per second of a device-to-device copy (read + write), measured now: the step's roofline."""
+    src = torch.empty(numel, device=device)
+    dst = torch.empty_like(src)
+    seconds = common.interleaved({"copy": lambda: dst.copy_(src)}, 5, device)["copy"]
+    return 2 * src.nbytes / seconds
+
+
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="10k,100k,1M,10M", help="parameter counts, e.g. 10k,1M")
@@ -132,9 +146,11 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument(
         "--with-compiled", action="store_true", help="also time compile=True (CPU: measures whether it pays)"
     )
+    parser.add_argument("--state-dtype", default="float32", choices=["float32", "bfloat16"], help="LSTM state dtype")
     args = parser.parse_args(argv)
     threads = common.setup_threads(args.threads)
     where = common.machine(args.device)  # before our own load counts in the load average
+    bandwidth = copy_bandwidth(args.device) if args.device.startswith("cuda") else None
     compile = {"auto": "auto", "true": True, "false": False}[args.compile]
     torch.manual_seed(0)
     net = CoordinatewiseLSTM(hidden_size=20, num_layers=2, preprocess="log_sign", p=10.0, output_scale=0.1)
@@ -144,8 +160,9 @@ def main(argv: list[str] | None = None) -> str:
         size = parse_size(label)
         params = make_model(size, args.device, seed=0)
         n = sum(p.numel() for p in params)
-        fast = LearnedOptimizer(params, net, chunk_size=args.chunk_size, compile=compile)
-        adam = torch.optim.Adam(params, lr=1e-3)
+        fast = LearnedOptimizer(params, net, chunk_size=args.chunk_size, compile=compile, state_dtype=args.state_dtype)
+        cuda = args.device.startswith("cuda")
+        adam = torch.optim.Adam(params, lr=1e-3, fused=True if cuda else None)
         fns = {"fast": fast.step, "adam": adam.step}
         naive = None
         if size <= naive_max:
@@ -179,6 +196,10 @@ def main(argv: list[str] | None = None) -> str:
         row += [f"{error:.1e}" if naive and error is not None else "—"]
         if args.with_compiled:
             row += [f"{common.fmt_time(times['compiled'])} ({times['fast'] / times['compiled']:.2f}×)"]
+        if cuda:
+            moved = state_bytes * 2 + n * params[0].element_size() * 5  # state r+w; grad r; update w+r; param r+w
+            limit = moved / bandwidth
+            row += [f"{moved / 1e9:.2f} GB", common.fmt_time(limit), f"**{times['fast'] / limit:.2f}×**"]
         rows.append(row)
         del fast, adam, naive, params
     header = [
@@ -195,6 +216,9 @@ def main(argv: list[str] | None = None) -> str:
     ]
     if args.with_compiled:
         header.append("compile=True (speed-up)")
+    if bandwidth is not None:
+        header += ["bytes moved per step", f"bandwidth limit ({bandwidth / 1e12:.2f} TB/s copy)", "step / limit"]
+        header[header.index("ours / Adam")] = "ours / fused Adam"
     title = f"step_overhead — device {args.device}, {threads} thread(s), median of {args.repeats} interleaved calls"
     out = common.report(title, where, header, rows, NOTE if args.device == "cpu" else "")
     print(out)
