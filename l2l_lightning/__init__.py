@@ -5,7 +5,7 @@ from l2l_lightning.errors import CheckpointError, DatasetError, UnsupportedGradi
 from l2l_lightning.meta import MetaLearner, evaluate_learned, unroll
 from l2l_lightning.nets import CoordinatewiseLSTM, RoutedNets
 from l2l_lightning.optim import LearnedOptimizer, LearnedOptimizerCallback
-from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, Problem, QuadraticTask, Task
+from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, NeuralArtTask, Problem, QuadraticTask, Task
 
 __version__ = "0.1.0"
 
@@ -21,6 +21,7 @@ __all__ = [
     "MNISTTask",
     "MetaLearner",
     "ModuleProblem",
+    "NeuralArtTask",
     "NonFiniteMetaLossError",
     "Problem",
     "QuadraticTask",
