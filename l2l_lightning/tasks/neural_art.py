@@ -22,6 +22,7 @@ initialized; we start from uniform noise as Gatys et al. do (``init="noise"``);
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal, Optional, Sequence, Union, get_args
 
 import torch
@@ -184,12 +185,6 @@ class NeuralArtTask(Task):
         files = None if self.content_files is None else tuple(self.content_files)
         return load_image_splits(self.content_root, files, self.resolution, self.val_images, self.test_images)
 
-    def style(self) -> Tensor:
-        """The style image, ``(3, resolution, resolution)`` in ``[0, 1]``."""
-        from pathlib import Path
-
-        return center_crop(read_image(Path(self.style_image), self.resolution, "style image"), self.resolution)
-
     def sample(
         self, generator: torch.Generator, device: Union[torch.device, str] = "cpu", split: Split = "train"
     ) -> NeuralArtProblem:
@@ -201,10 +196,27 @@ class NeuralArtTask(Task):
             raise ConfigError(f"NeuralArtTask: the {split} split is empty; set val_images/test_images >= 1")
         content = random_crops(images, self.images_per_draw, self.resolution, generator, flip=split == "train")
         theta0 = torch.rand(content.shape, generator=generator) if self.init == "noise" else content.clone()
+        return self.problem(content, theta0, device)
+
+    def problem(
+        self, content: Tensor, theta0: Optional[Tensor] = None, device: Union[torch.device, str] = "cpu"
+    ) -> NeuralArtProblem:
+        """The problem of stylizing the given ``content`` images ``(K, 3, H, W)`` in ``[0, 1]``.
+
+        With this task's style image, feature network, layers and weights: how a user's own
+        photograph is stylized with exactly the loss an optimizer was meta-trained on
+        (``examples/stylize_image.py``).  ``theta0``: the starting images (default: as ``init`` says,
+        noise from the global generator).  ``H`` and ``W`` may differ from ``resolution``; the
+        style image is then read at ``min(H, W)``.
+        """
+        if theta0 is None:
+            theta0 = torch.rand(content.shape) if self.init == "noise" else content.clone()
+        size = min(content.shape[-2:])
+        style = center_crop(read_image(Path(self.style_image), size, "style image"), size)
         return NeuralArtProblem(
             self.net(device),
             content.to(device),
-            self.style().to(device),
+            style.to(device),
             theta0.to(device),
             *self._layers,
             self.content_weight,
