@@ -45,3 +45,10 @@ def test_gpu_check_script_is_there_and_executable():
     assert script.exists() and script.stat().st_mode & 0o111
     text = script.read_text()
     assert "set_sync_debug_mode" in text and "step_overhead.py" in text and "meta_throughput.py" in text
+
+
+def test_neural_art_step_runs():
+    out = _load("neural_art_step").main(
+        ["--repeats", "1", "--threads", "1", "--resolutions", "32", "--images", "1", "--channels", "4,8", "--unroll", "2"]
+    )
+    assert "| random   | 32×32" in out and "| vgg19    | 32×32" in out and "random weights" in out

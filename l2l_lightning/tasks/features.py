@@ -115,7 +115,7 @@ class VGG19Features(FeatureNet):
                     "NeuralArtTask: the vgg19 feature network needs vgg_weights=<path of a vgg19 state dict>, "
                     "or download: true to let torchvision fetch it (needs internet)"
                 )
-            features = vgg19(weights=None).features
+            features = _vgg19_features()
             if weights != "random":
                 features.load_state_dict(_read_vgg_state(Path(weights)))
         layers: dict[str, nn.Module] = {}
@@ -129,10 +129,16 @@ class VGG19Features(FeatureNet):
         super().__init__(layers)
 
 
+def _vgg19_features() -> nn.Sequential:
+    """torchvision's VGG-19 ``features`` with fresh random weights, without building the
+    120M-parameter classifier that ``vgg19()`` would also initialise."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    return make_layers(cfgs["E"], batch_norm=False)
+
+
 def _read_vgg_state(path: Path) -> dict[str, Tensor]:
     """The ``features`` part of a VGG-19 state dict at ``path``, checked for shape."""
-    from torchvision.models import vgg19
-
     if not path.is_file():
         raise DatasetError(
             f"VGG-19 weights file {path} does not exist; give the path of torchvision's vgg19 weights "
@@ -144,7 +150,7 @@ def _read_vgg_state(path: Path) -> dict[str, Tensor]:
         raise CheckpointError(f"VGG-19 weights file {path} cannot be read ({type(error).__name__}); expected a torch state dict") from None
     if isinstance(state, dict) and any(k.startswith("features.") for k in state):
         state = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-    expected = {k: v.shape for k, v in vgg19(weights=None).features.state_dict().items()}
+    expected = {k: v.shape for k, v in _vgg19_features().state_dict().items()}
     got = {k: v.shape for k, v in state.items()} if isinstance(state, dict) else {}
     if got != expected:
         missing = sorted(set(expected) - set(got))[:3]

@@ -210,3 +210,18 @@ def test_a_missing_image_folder_is_one_line_in_the_cli(images, tmp_path, capsys)
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_info.value.code == 2
     assert err[-1].startswith("l2l: error: image folder") and "nowhere does not exist" in err[-1]
+
+
+def test_the_example_stylizes_a_photo_with_the_shipped_optimizer(images, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "stylize_image.py"
+    spec = importlib.util.spec_from_file_location("stylize_image", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    root, style = images
+    out = tmp_path / "stylized.png"
+    example.main([str(root / "img0.png"), "--out", str(out), "--steps", "15", "--resolution", "16", "--style", str(style)])
+    assert Image.open(out).size == (16, 16)
+    _, losses = example.stylize(root / "img0.png", steps=15, resolution=16, style=str(style))
+    assert losses[-1] < 0.5 * losses[0]
