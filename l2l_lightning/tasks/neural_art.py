@@ -150,6 +150,11 @@ class NeuralArtTask(Task):
             raise ConfigError(f"{owner}: init={init!r}; allowed: 'noise', 'content'")
         if feature_net not in FEATURE_NETS:
             raise ConfigError(f"{owner}: feature_net={feature_net!r}; allowed: {', '.join(map(repr, FEATURE_NETS))}")
+        if feature_net == "vgg19" and vgg_weights is None and not download:
+            raise ConfigError(
+                f"{owner}: feature_net='vgg19' needs vgg_weights=<path of torchvision's vgg19 weights> "
+                "(or 'random' to measure cost), or download: true to let torchvision fetch them (needs internet)"
+            )
         for name, value in (("content_weight", content_weight), ("style_weight", style_weight)):
             if not value >= 0:
                 raise ConfigError(f"{owner}: {name}={value!r} must be >= 0")

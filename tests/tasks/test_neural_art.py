@@ -129,6 +129,8 @@ def test_vgg_weights_missing_or_of_the_wrong_architecture(tmp_path):
         VGG19Features(str(wrong))
     with pytest.raises(ConfigError, match="vgg_weights"):
         VGG19Features(None)
+    with pytest.raises(ConfigError, match="feature_net='vgg19' needs vgg_weights"):
+        NeuralArtTask(str(tmp_path), str(tmp_path / "style.png"), feature_net="vgg19")
 
 
 @pytest.mark.parametrize(
