@@ -139,7 +139,7 @@ class NeuralArtTask(Task):
         content_layers: Optional[Sequence[str]] = None,
         style_layers: Optional[Sequence[str]] = None,
         content_weight: float = 1.0,
-        style_weight: float = 100.0,
+        style_weight: float = 10.0,
     ) -> None:
         owner = "NeuralArtTask"
         for name, value in (("resolution", resolution), ("images_per_draw", images_per_draw), ("test_images", test_images)):
