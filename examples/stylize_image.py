@@ -11,7 +11,7 @@ Run::
     python examples/stylize_image.py MY_PHOTO.jpg --out stylized.png
     python examples/stylize_image.py MY_PHOTO.jpg --resolution 128 --steps 200 --style OTHER_PAINTING.jpg
 
-Prints the loss at the start and at the end and writes the result as a PNG.
+Prints the loss at the start and after the last step and writes the result as a PNG.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from l2l_lightning.optim.pretrained import info
 def stylize(
     photo: Path, checkpoint: str = "neural_art", steps: int = 100, resolution: int = 64, style: Optional[str] = None
 ) -> tuple[torch.Tensor, list[float]]:
-    """The stylized image ``(3, resolution, resolution)`` in ``[0, 1]`` and the loss after each step."""
+    """The stylized image ``(3, resolution, resolution)`` in ``[0, 1]`` and the losses ``f(θ_0) … f(θ_steps)``."""
     settings = dict(info(checkpoint)["task"]["init_args"])
     if style is not None:
         settings["style_image"] = style
@@ -46,7 +46,9 @@ def stylize(
         loss = problem.loss(image.view(-1), 0).sum()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(loss.item())  # the loss before this step's update
+    with torch.no_grad():
+        losses.append(problem.loss(image.view(-1), 0).sum().item())
     return problem.to_images(image.detach().view(-1))[0], losses
 
 
@@ -62,7 +64,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     image, losses = stylize(args.photo, args.checkpoint, args.steps, args.resolution, args.style)
     pixels = (image * 255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels).save(args.out)
-    print(f"loss {losses[0]:.4g} after the first step, {losses[-1]:.4g} after {len(losses)}; wrote {args.out}")
+    print(f"loss {losses[0]:.4g} at the start, {losses[-1]:.4g} after {len(losses) - 1} steps; wrote {args.out}")
 
 
 if __name__ == "__main__":
