@@ -225,7 +225,7 @@ def test_the_example_stylizes_a_photo_with_the_shipped_optimizer(images, tmp_pat
     spec.loader.exec_module(example)
     root, style = images
     out = tmp_path / "stylized.png"
-    example.main([str(root / "img0.png"), "--out", str(out), "--steps", "15", "--resolution", "16", "--style", str(style)])
+    example.main([str(root / "img0.png"), "--out", str(out), "--steps", "30", "--resolution", "16", "--style", str(style)])
     assert Image.open(out).size == (16, 16)
-    _, losses = example.stylize(root / "img0.png", steps=15, resolution=16, style=str(style))
-    assert losses[-1] < 0.5 * losses[0]
+    _, losses = example.stylize(root / "img0.png", steps=30, resolution=16, style=str(style))
+    assert len(losses) == 31 and losses[-1] < 0.5 * losses[0], losses[::10]
