@@ -15,7 +15,7 @@ images a learned optimizer is judged on were never seen in meta-training.
 
 The paper trained on 64×64 content images with one style image and tested on new
 content images, on 128×128 images and with another style image: those are this
-task's ``resolution`` and ``style_image``.  The paper does not say how the image is
+task's ``resolution`` and ``style_image``.  The paper, as far as we could check, does not say how the image is
 initialized; we start from uniform noise as Gatys et al. do (``init="noise"``);
 ``init="content"`` starts from the content image.
 """
