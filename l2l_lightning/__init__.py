@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "MNISTTask": "l2l_lightning.tasks",
     "MetaLearner": "l2l_lightning.meta.module",
     "ModuleProblem": "l2l_lightning.tasks",
+    "NeuralArtTask": "l2l_lightning.tasks",
     "NonFiniteMetaLossError": "l2l_lightning.errors",
     "Problem": "l2l_lightning.tasks",
     "QuadraticTask": "l2l_lightning.tasks",
@@ -63,4 +64,4 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from l2l_lightning.nets import CoordinatewiseLSTM, GlobalAveragingLSTM, Layout, LearnedOptimizerNet, RoutedNets, Segment
     from l2l_lightning.optim.callback import LearnedOptimizerCallback
     from l2l_lightning.optim.learned import LearnedOptimizer
-    from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, Problem, QuadraticTask, Task
+    from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, NeuralArtTask, Problem, QuadraticTask, Task

@@ -13,7 +13,9 @@ The protocol, chosen so that a win means something:
 
 Outputs in ``out_dir``: ``results.json``, ``results.csv``, ``curves.png`` (loss vs step, log
 scale, mean with an interquartile band, like the paper's figures) and one TensorBoard run per
-optimizer under ``tensorboard/`` with identical tags, so the curves overlay.
+optimizer under ``tensorboard/`` with identical tags, so the curves overlay.  For image
+optimizees (neural art) also ``images.png``: the first ``image_grid`` evaluation optimizees,
+their content and style, and every optimizer's result after ``num_steps`` steps.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baseline, tune_baseline
+from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
 
@@ -90,6 +93,7 @@ def compare(
     out_dir: Optional[str] = "compare",
     device: str = "cpu",
     progress: bool = True,
+    image_grid: int = 4,
 ) -> list[OptimizerResult]:
     """Compare trained optimizers with tuned baselines on held-out problems of ``task``.
 
@@ -105,6 +109,7 @@ def compare(
             best rate is there (see :func:`~l2l_lightning.meta.baselines.tune_baseline`).
         tune_problems, tune_seed: the tuning draws (``"train"`` split).
         out_dir: where to write the table, figure and TensorBoard runs (``None``: nothing written).
+        image_grid: for image optimizees, how many to show in ``images.png`` (0: no grid).
     """
     from l2l_lightning.optim.pretrained import load_net
 
@@ -151,6 +156,9 @@ def compare(
             learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
             baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
         ))  # fmt: skip
+        if image_grid > 0 and is_image_problem(evaluation[0]):
+            tuned_lrs = {r.name: r.lr for r in results if r.lr is not None}
+            write_image_grid(evaluation, nets, tuned_lrs, num_steps, image_grid, Path(out_dir) / "images.png")
     return results
 
 

@@ -56,3 +56,11 @@ def test_step_vs_revision_runs_against_head():
 def test_import_time_runs():
     out = _load("import_time").main(["--rounds", "1"])
     assert "from l2l_lightning.optim import LearnedOptimizer" in out and "÷ import torch" in out
+
+
+
+def test_neural_art_step_runs():
+    out = _load("neural_art_step").main(
+        ["--repeats", "1", "--threads", "1", "--resolutions", "32", "--images", "1", "--channels", "4,8", "--unroll", "2"]
+    )
+    assert "| random   | 32×32" in out and "| vgg19    | 32×32" in out and "random weights" in out

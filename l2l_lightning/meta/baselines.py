@@ -38,8 +38,8 @@ class TunedBaseline(NamedTuple):
     mean_losses: dict[float, float]  #: mean loss over the curve for every lr tried (inf if it diverged)
 
 
-def run_baseline(name: str, lr: float, problem: Problem, num_steps: int) -> Tensor:
-    """Loss curve ``(num_steps, num_optimizees)`` of baseline ``name`` at learning rate ``lr``."""
+def _optimize(name: str, lr: float, problem: Problem, num_steps: int) -> tuple[Tensor, Tensor]:
+    """``(curve, final θ)`` of baseline ``name`` at learning rate ``lr`` from ``problem``'s θ₀."""
     losses = []
     with torch.inference_mode(False), torch.enable_grad():
         theta = problem.initial_params().clone().requires_grad_(True)
@@ -51,7 +51,17 @@ def run_baseline(name: str, lr: float, problem: Problem, num_steps: int) -> Tens
             optimizer.step()
             loss = problem.loss(theta, step + 1)
             losses.append(loss.detach())
-    return torch.stack(losses)
+    return torch.stack(losses), theta.detach()
+
+
+def run_baseline(name: str, lr: float, problem: Problem, num_steps: int) -> Tensor:
+    """Loss curve ``(num_steps, num_optimizees)`` of baseline ``name`` at learning rate ``lr``."""
+    return _optimize(name, lr, problem, num_steps)[0]
+
+
+def final_params(name: str, lr: float, problem: Problem, num_steps: int) -> Tensor:
+    """θ after ``num_steps`` steps of baseline ``name`` at ``lr`` (e.g. to look at an image optimizee)."""
+    return _optimize(name, lr, problem, num_steps)[1]
 
 
 def tune_baseline(

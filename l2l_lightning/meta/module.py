@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
 from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
+from l2l_lightning.meta.images import grid_tensor, is_image_problem, result_columns
 from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.unroll import bind, evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
@@ -459,6 +460,20 @@ class MetaLearner(L.LightningModule):
             self._advance_curriculum(mean_loss)  # the same value on every rank: the same decision
         if isinstance(self.logger, TensorBoardLogger) and self.global_rank == 0 and not self.trainer.sanity_checking:
             self._log_curves(stage, curve, adam)
+            self._log_images(stage, adam)
+
+    def _log_images(self, stage: str, adam: TunedBaseline) -> None:
+        """For image optimizees (neural art): the first held-out problem's pictures, one row per optimizee.
+
+        Columns: the problem's references (content, style), the learned optimizer's result and
+        tuned Adam's, both after ``num_steps`` steps.
+        """
+        problem = self.heldout_problems(stage)[0]  # type: ignore[index]
+        if not is_image_problem(problem):
+            return
+        columns = result_columns(problem, self.num_steps, {"learned": self.net}, {"adam": adam.lr})
+        grid = grid_tensor(columns, problem.num_optimizees)
+        self.logger.experiment.add_image(f"{stage}/optimizee_images", grid, self.global_step)
 
     def _log_curves(self, stage: str, curve: Tensor, adam: TunedBaseline) -> None:
         """Learned vs tuned Adam over the inner step, as a figure (val) and as step-indexed scalars (test)."""

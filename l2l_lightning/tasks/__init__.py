@@ -4,6 +4,7 @@ from l2l_lightning.tasks.base import ModuleProblem, Problem, Split, StackedModul
 from l2l_lightning.tasks.cifar import CIFAR10Task
 from l2l_lightning.tasks.classification import ImageClassificationTask
 from l2l_lightning.tasks.mnist import MNISTTask
+from l2l_lightning.tasks.neural_art import NeuralArtProblem, NeuralArtTask
 from l2l_lightning.tasks.quadratic import QuadraticProblem, QuadraticTask
 
 __all__ = [
@@ -11,6 +12,8 @@ __all__ = [
     "ImageClassificationTask",
     "MNISTTask",
     "ModuleProblem",
+    "NeuralArtProblem",
+    "NeuralArtTask",
     "Problem",
     "QuadraticProblem",
     "QuadraticTask",
