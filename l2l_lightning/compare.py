@@ -24,7 +24,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -34,6 +34,7 @@ from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baseline, tune_baseline
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
+from l2l_lightning.threads import ThreadPolicy, check_threads
 
 
 @dataclass
@@ -90,6 +91,7 @@ def compare(
     out_dir: Optional[str] = "compare",
     device: str = "cpu",
     progress: bool = True,
+    threads: Union[str, int] = "auto",
 ) -> list[OptimizerResult]:
     """Compare trained optimizers with tuned baselines on held-out problems of ``task``.
 
@@ -105,6 +107,10 @@ def compare(
             best rate is there (see :func:`~l2l_lightning.meta.baselines.tune_baseline`).
         tune_problems, tune_seed: the tuning draws (``"train"`` split).
         out_dir: where to write the table, figure and TensorBoard runs (``None``: nothing written).
+        threads: intra-op CPU threads for the runs: ``"auto"`` (one thread for problems under
+            :data:`~l2l_lightning.threads.SMALL_WORK_ROWS` coordinates unless ``OMP_NUM_THREADS`` or
+            ``torch.set_num_threads`` chose otherwise; :mod:`l2l_lightning.threads`) or a positive
+            integer; the caller's count is restored at the end.
     """
     from l2l_lightning.optim.pretrained import load_net
 
@@ -117,6 +123,7 @@ def compare(
         raise ConfigError(f"compare: lrs={list(lrs)!r} must be a non-empty list of positive floats")
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
+    policy = ThreadPolicy(check_threads(threads, "compare: threads"))
     nets = {}
     for entry in learned:
         label, spec = _labelled(entry)
@@ -130,7 +137,23 @@ def compare(
         bar.refresh()
 
     tuning = _draw(task, tune_problems, tune_seed, "train", device)
-    evaluation = _draw(task, num_problems, seed, "test", device)
+    policy.apply(tuning[0].initial_params().numel())
+    try:
+        results = _run_all(nets, baselines, tuning, _draw(task, num_problems, seed, "test", device),
+                           num_steps, lrs, bar, extend_bar)  # fmt: skip
+    finally:
+        policy.restore()
+    bar.close()
+    if out_dir is not None:
+        write_outputs(results, Path(out_dir), settings=dict(
+            learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
+            baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
+        ))  # fmt: skip
+    return results
+
+
+def _run_all(nets, baselines, tuning, evaluation, num_steps, lrs, bar, extend_bar) -> list[OptimizerResult]:  # noqa: ANN001
+    """Every learned optimizer and every tuned baseline on the evaluation problems."""
     results = []
     for label, net in nets.items():
         curves = []
@@ -145,12 +168,6 @@ def compare(
             curves.append(run_baseline(name, tuned.lr, problem, num_steps))
             bar.update()
         results.append(OptimizerResult(name, torch.cat(curves, dim=1), tuned.lr, tuned.mean_losses))
-    bar.close()
-    if out_dir is not None:
-        write_outputs(results, Path(out_dir), settings=dict(
-            learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
-            baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
-        ))  # fmt: skip
     return results
 
 

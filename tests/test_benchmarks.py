@@ -56,3 +56,12 @@ def test_step_vs_revision_runs_against_head():
 def test_import_time_runs():
     out = _load("import_time").main(["--rounds", "1"])
     assert "from l2l_lightning.optim import LearnedOptimizer" in out and "÷ import torch" in out
+
+
+@pytest.mark.slow
+def test_busy_machine_runs():
+    quick = "--model.val_problems 1 --model.num_steps 20 --model.unroll 10 --model.baseline_lrs [0.1] --trainer.logger false"
+    out = _load("busy_machine").main(["--epochs", "1", "--truncations", "2", "--cli-args", quick, "--timeout", "300"])
+    rows = [line for line in out.splitlines() if line.startswith("| old") or line.startswith("| new default")]
+    assert len(rows) == 2 and all("×" in row for row in rows)
+    assert "goal: the default's busy run" in out

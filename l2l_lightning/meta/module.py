@@ -41,6 +41,7 @@ from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.safe_load import check_spec_allowed, load_plain
 from l2l_lightning.tasks.base import Problem, Task
+from l2l_lightning.threads import ThreadPolicy, check_threads
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
 
@@ -129,6 +130,11 @@ class MetaLearner(L.LightningModule):
         baseline_lrs: the grid on which Adam's learning rate is tuned for the comparison.
         max_nonfinite_in_row: stop with an error after this many consecutive meta-steps whose
             loss or gradient was NaN/Inf (each one is skipped and counted in ``meta/skipped_steps``).
+        threads: intra-op CPU threads while this module fits, validates or tests: ``"auto"`` (one
+            thread for optimizees under :data:`~l2l_lightning.threads.SMALL_WORK_ROWS` coordinates,
+            unless ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` chose otherwise; see
+            :mod:`l2l_lightning.threads`) or a positive integer.  Applied when the first problem is
+            drawn, restored at teardown.
 
     The meta-loss of a truncation covering inner steps ``s+1 … s+unroll`` is
     ``Σ_t w_t · mean_i f_i(θ_t)``: the losses *after* each update, averaged over the
@@ -156,6 +162,7 @@ class MetaLearner(L.LightningModule):
         test_seed: int = 20_000,
         baseline_lrs: Sequence[float] = DEFAULT_LR_GRID,
         max_nonfinite_in_row: int = 10,
+        threads: Union[str, int] = "auto",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -181,6 +188,7 @@ class MetaLearner(L.LightningModule):
                 f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
                 "l2l_lightning.nets.LearnedOptimizerNet (see the README's 'Your own learned optimizer')"
             )
+        self._threads = ThreadPolicy(check_threads(threads, "MetaLearner: threads"))
         self.task = task
         self.net = net if net is not None else CoordinatewiseLSTM()
         self._save_hyperparameters_as_data(meta_optimizer)
@@ -220,6 +228,26 @@ class MetaLearner(L.LightningModule):
         elif not isinstance(self.hparams.get("meta_optimizer"), dict):
             self.hparams.pop("meta_optimizer", None)  # a lambda: the checkpoint falls back to the default
         self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+
+    # ------------------------------------------------------------------ threads
+    def setup(self, stage: str) -> None:
+        """Set the thread count before anything runs (the first stage decides it; ``l2l fit`` then tests).
+
+        The decision needs the work per op: the size of one problem, drawn here on the CPU from the
+        validation seed (the first held-out problem, drawn again later on the run's device).
+        """
+        if not self._threads.ready:
+            seed = self._heldout["val"][1]
+            self._use_threads(self.task.sample(torch.Generator().manual_seed(seed), "cpu", split="val"))
+        self._threads.apply()
+
+    def teardown(self, stage: str) -> None:
+        """Give the caller its thread count back."""
+        self._threads.restore()
+
+    def _use_threads(self, problem: Problem) -> None:
+        """Decide the thread count from the first problem drawn (its size is the work per op)."""
+        self._threads.apply(problem.initial_params().numel())
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
