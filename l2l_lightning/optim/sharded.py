@@ -56,8 +56,34 @@ def local(tensor: Tensor) -> Tensor:
 
 
 def refuse_unsupported(net: nn.Module, params: Iterable[Any]) -> None:
-    """:class:`ConfigError` if ``params`` are sharded and ``net`` looks across coordinates (LSTM+GAC)."""
-    if not any(is_sharded(p[1] if isinstance(p, tuple) else p) for p in params):
+    """:class:`ConfigError` for sharded parameters this optimizer cannot serve, at construction rather than mid-run.
+
+    * FSDP1 (``FullyShardedDataParallel``, Lightning's ``FSDPStrategy``) hands the optimizer flattened
+      shards (marked ``_fsdp_flattened``): stepping them works, but its optimizer-state-dict code
+      assumes every state tensor is shaped like the flat parameter and fails on the LSTM state
+      (torch 2.14: ``AssertionError: Manually calculated _sharded_numel_padded is incorrect``), so
+      checkpointing would fail mid-run.
+    * DeepSpeed ZeRO-3 parameters (marked ``ds_id``): DeepSpeed partitions optimizer state by
+      parameter shape.  Other DeepSpeed stages replace the parameters after the optimizer is
+      built and cannot be recognised from inside it (``LearnedOptimizerCallback`` refuses the strategy).
+    * DTensor parameters (FSDP2) with a net that looks across coordinates (LSTM+GAC).
+    """
+    params = [p[1] if isinstance(p, tuple) else p for p in params]
+    if any(getattr(p, "_fsdp_flattened", False) for p in params):
+        raise ConfigError(
+            "LearnedOptimizer: the parameters are flattened by FSDP1 (FullyShardedDataParallel / Lightning's "
+            "FSDPStrategy), whose optimizer state dict assumes state shaped like the flat parameter, which the "
+            "LSTM state is not (saving a checkpoint would fail mid-run). Use FSDP2 instead: "
+            "torch.distributed.fsdp.fully_shard, e.g. Lightning's ModelParallelStrategy with fully_shard in "
+            "configure_model (tested), or strategy='ddp'."
+        )
+    if any(hasattr(p, "ds_id") for p in params):
+        raise ConfigError(
+            "LearnedOptimizer: the parameters are partitioned by DeepSpeed ZeRO-3, which shards optimizer state "
+            "by parameter shape; the LSTM states do not survive it. Use FSDP2 (fully_shard / ModelParallelStrategy) "
+            "or strategy='ddp'."
+        )
+    if not any(is_sharded(p) for p in params):
         return
     from l2l_lightning.nets.gac import GlobalAveragingLSTM
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from l2l_lightning import LearnedOptimizer
+from l2l_lightning import ConfigError, LearnedOptimizer
 from l2l_lightning.optim import sharded
 
 HERE = Path(__file__).parent
@@ -84,3 +84,31 @@ def test_nothing_is_sharded_without_dtensors():
     assert not sharded.is_sharded(torch.zeros(3))
     t = torch.zeros(3)
     assert sharded.local(t) is t
+
+
+@pytest.mark.parametrize("mark, match", [("_fsdp_flattened", "FSDP1"), ("ds_id", "DeepSpeed ZeRO-3")])
+def test_fsdp1_and_zero3_parameters_are_refused_at_construction(small_net, mark, match):
+    model = torch.nn.Linear(3, 2)
+    setattr(model.weight, mark, True if mark == "_fsdp_flattened" else 7)  # what FSDP1 / DeepSpeed mark them with
+    with pytest.raises(ConfigError, match=f"{match}.*(fully_shard|FSDP2)"):
+        LearnedOptimizer(model.parameters(), checkpoint=small_net)
+
+
+@pytest.mark.slow
+def test_lightning_model_parallel_strategy_resumes_exactly(tmp_path):
+    """The callback under Lightning's ModelParallelStrategy (FSDP2, gloo): a run stopped after half its
+    epochs, saved as a distributed checkpoint and resumed with fit(ckpt_path=...) ends where the
+    uninterrupted run ends."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+    for key in ("LOCAL_RANK", "NODE_RANK", "RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    for mode in ("straight", "first", "resume"):
+        result = subprocess.run([sys.executable, str(HERE / "lightning_fsdp_worker.py"), str(tmp_path), mode],
+                                env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert result.returncode == 0, mode + result.stdout[-3000:] + result.stderr[-3000:]
+    straight, first, resumed = (torch.load(tmp_path / f"{m}.pt", weights_only=True) for m in ("straight", "first", "resume"))
+    assert straight["optimizer"] == resumed["optimizer"] == "LearnedOptimizer"
+    assert (tmp_path / "half.ckpt").is_dir()  # a sharded (DCP) checkpoint
+    assert straight["global_step"] == resumed["global_step"] == 2 * first["global_step"] == 8
+    for a, b, c in zip(straight["params"], resumed["params"], first["params"]):
+        assert torch.equal(a, b) and not torch.equal(a, c)
