@@ -44,6 +44,7 @@ def test_gpu_check_script_is_there_and_executable():
     assert script.exists() and script.stat().st_mode & 0o111
     text = script.read_text()
     assert "set_sync_debug_mode" in text and "step_overhead.py" in text and "meta_throughput.py" in text
+    assert "tests/optim/fsdp_worker.py" in text and (BENCHMARKS.parent / "tests" / "optim" / "fsdp_worker.py").exists()
 
 
 def test_step_vs_revision_runs_against_head():

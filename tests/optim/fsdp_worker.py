@@ -1,6 +1,7 @@
 """Run by ``test_fsdp.py``: LearnedOptimizer over FSDP2 (``fully_shard``) parameters on 2 CPU processes (gloo).
 
-``python tests/optim/fsdp_worker.py OUT_DIR``.  Rank 0 writes ``OUT_DIR/fsdp.pt`` with, after
+``python tests/optim/fsdp_worker.py OUT_DIR [PORT] [cpu|cuda] [WORLD]`` (default: 2 CPU processes, gloo;
+``cuda``: NCCL, one GPU per process, as ``benchmarks/gpu_check.sh`` runs it).  Rank 0 writes ``OUT_DIR/fsdp.pt`` with, after
 ``STEPS`` steps: the full parameters of an uninterrupted run, those of a run saved with
 ``torch.distributed.checkpoint`` after ``STEPS // 2`` steps and resumed into a fresh model and
 optimizer, the full LSTM states of both (gathered from the DTensor state dict), and the message
@@ -41,10 +42,12 @@ def train(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y
         optimizer.step()
 
 
-def sharded(rank: int, world: int) -> tuple[nn.Module, LearnedOptimizer, torch.Tensor, torch.Tensor]:
+def sharded(rank: int, world: int, device: str = "cpu") -> tuple[nn.Module, LearnedOptimizer, torch.Tensor, torch.Tensor]:
     from torch.distributed.fsdp import fully_shard
 
     model, net, (x, y) = build()
+    where = torch.device(device, rank) if device == "cuda" else torch.device("cpu")
+    model, x, y = model.to(where), x.to(where), y.to(where)
     for layer in model:
         if isinstance(layer, nn.Linear):
             fully_shard(layer)
@@ -57,10 +60,10 @@ def full_states(model: nn.Module, optimizer: LearnedOptimizer) -> dict[str, torc
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     state = get_optimizer_state_dict(model, optimizer)["state"]
-    return {name: entry["lstm"].full_tensor() for name, entry in state.items()}
+    return {name: entry["lstm"].full_tensor().cpu() for name, entry in state.items()}
 
 
-def worker(rank: int, world: int, out_dir: str, port: str) -> None:
+def worker(rank: int, world: int, out_dir: str, port: str, device: str = "cpu") -> None:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict, get_optimizer_state_dict, set_model_state_dict, set_optimizer_state_dict,
@@ -68,27 +71,29 @@ def worker(rank: int, world: int, out_dir: str, port: str) -> None:
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+    dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world)
     try:
-        model, optimizer, x, y = sharded(rank, world)
+        model, optimizer, x, y = sharded(rank, world, device)
         train(model, optimizer, x, y, STEPS)
-        straight = [p.full_tensor() for p in model.parameters()]
+        straight = [p.full_tensor().cpu() for p in model.parameters()]
         straight_states = full_states(model, optimizer)
-        steps = [optimizer.state[p]["step"] for p in model.parameters()]
+        steps = [int(optimizer.state[p]["step"]) for p in model.parameters()]
 
-        model, optimizer, x, y = sharded(rank, world)
+        model, optimizer, x, y = sharded(rank, world, device)
         train(model, optimizer, x, y, STEPS // 2)
         checkpoint = Path(out_dir) / "checkpoint"
         dcp.save({"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)},
                  checkpoint_id=checkpoint)  # fmt: skip
         del model, optimizer
-        model, optimizer, x, y = sharded(rank, world)  # a fresh process would start like this
+        model, optimizer, x, y = sharded(rank, world, device)  # a fresh process would start like this
         template = {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, optimizer)}
         dcp.load(template, checkpoint_id=checkpoint)
         set_model_state_dict(model, template["model"])
         set_optimizer_state_dict(model, optimizer, template["optim"])
         train(model, optimizer, x, y, STEPS - STEPS // 2)
-        resumed = [p.full_tensor() for p in model.parameters()]
+        resumed = [p.full_tensor().cpu() for p in model.parameters()]
         resumed_states = full_states(model, optimizer)
 
         try:
@@ -107,4 +112,5 @@ def worker(rank: int, world: int, out_dir: str, port: str) -> None:
 
 
 if __name__ == "__main__":
-    mp.spawn(worker, args=(2, sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "29631"), nprocs=2)
+    out, port, device, world = (sys.argv[1:] + ["29631", "cpu", "2"][len(sys.argv) - 2 :])[:4]
+    mp.spawn(worker, args=(int(world), out, port, device), nprocs=int(world))
