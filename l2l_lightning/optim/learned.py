@@ -74,12 +74,16 @@ Distributed training:
 * **DDP** (tested, 2 CPU processes): gradients are all-reduced before ``step``, the
   step is deterministic and has no rank-dependent branch (the non-finite check reads
   the reduced gradients), so every rank keeps identical parameters and LSTM states.
-* **FSDP / ZeRO-style sharding: untested.**  In principle the net is coordinatewise, so
-  stepping a local shard is correct and the state is per local shard.  But FSDP's
-  optimizer-state-dict utilities expect state tensors shaped like their parameter
-  (ours is ``(layers, 2, numel, hidden)``) and may drop the extra ``"l2l_net"`` key, so
-  saving and resuming under FSDP is expected *not* to work today.  DeepSpeed, which
-  wraps or replaces the optimizer, is not supported.
+* **FSDP2** (``fully_shard``, Lightning's ``ModelParallelStrategy``; tested, 2 CPU processes with
+  gloo): parameters and gradients are DTensors; each rank steps its local shard with the
+  states of its local coordinates (the net is coordinatewise, so this equals the unsharded
+  step), and the state dict goes through ``torch.distributed.checkpoint`` with each LSTM state
+  as a DTensor sharded like its parameter (:mod:`l2l_lightning.optim.sharded`).  LSTM+GAC,
+  which averages over all coordinates, is refused on sharded parameters.
+* **FSDP1** (``FullyShardedDataParallel``, ``FSDPStrategy``) and **DeepSpeed ZeRO-3** parameters
+  are refused at construction (their optimizer-state code assumes state shaped like the
+  parameter).  Other DeepSpeed stages replace the parameters after the optimizer is built and
+  cannot be recognised from here; ``LearnedOptimizerCallback`` refuses the DeepSpeed strategy.
 """
 
 from __future__ import annotations
