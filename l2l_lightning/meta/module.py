@@ -133,8 +133,8 @@ class MetaLearner(L.LightningModule):
         threads: intra-op CPU threads while this module fits, validates or tests: ``"auto"`` (one
             thread for optimizees under :data:`~l2l_lightning.threads.SMALL_WORK_ROWS` coordinates,
             unless ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` chose otherwise; see
-            :mod:`l2l_lightning.threads`) or a positive integer.  Applied when the first problem is
-            drawn, restored at teardown.
+            :mod:`l2l_lightning.threads`) or a positive integer.  Decided at the first ``setup`` from
+            the size of one problem, applied in every stage, restored at teardown.
 
     The meta-loss of a truncation covering inner steps ``s+1 … s+unroll`` is
     ``Σ_t w_t · mean_i f_i(θ_t)``: the losses *after* each update, averaged over the
@@ -246,7 +246,7 @@ class MetaLearner(L.LightningModule):
         self._threads.restore()
 
     def _use_threads(self, problem: Problem) -> None:
-        """Decide the thread count from the first problem drawn (its size is the work per op)."""
+        """Decide the thread count from a problem's size (the work per op)."""
         self._threads.apply(problem.initial_params().numel())
 
     # ------------------------------------------------------------------ training
