@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> str:
     for busy in (False, True):  # idle runs first, so each busy run has its idle reference from this invocation
         for label, threads in settings:
             walls[label, busy], loads[label, busy] = timed_run(command(args, threads), busy, args.timeout)
+            state = "busy" if busy else "idle"  # as it goes: a long run's first figures are not lost
+            print(f"{label}, {state}: {walls[label, busy]:.1f} s (load {loads[label, busy]:.2f})", file=sys.stderr, flush=True)
     rows = []
     for label, _ in settings:
         idle, busy = walls[label, False], walls[label, True]
