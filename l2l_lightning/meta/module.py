@@ -234,11 +234,12 @@ class MetaLearner(L.LightningModule):
         """Set the thread count before anything runs (the first stage decides it; ``l2l fit`` then tests).
 
         The decision needs the work per op: the size of one problem, drawn here on the CPU from the
-        validation seed (the first held-out problem, drawn again later on the run's device).
+        data split the stage uses (``fit`` may run without validation data), with a generator of
+        its own, so the training stream and the held-out problems are untouched.
         """
         if not self._threads.ready:
-            seed = self._heldout["val"][1]
-            self._use_threads(self.task.sample(torch.Generator().manual_seed(seed), "cpu", split="val"))
+            split = {"validate": "val", "test": "test"}.get(stage, "train")
+            self._use_threads(self.task.sample(torch.Generator().manual_seed(0), "cpu", split=split))
         self._threads.apply()
 
     def teardown(self, stage: str) -> None:
