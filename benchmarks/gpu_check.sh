@@ -13,7 +13,11 @@
 #    NaN gradient, one after it) run under torch.cuda.set_sync_debug_mode("error"), which
 #    raises on any synchronising CUDA call (.item(), bool(tensor), blocking copies...).
 #    The NaN step must change nothing and its SkippedStepWarning must come from a later call.
-# 3. benchmarks/step_overhead.py (float32 and bfloat16 state: ratio to fused Adam and to the
+# 3. FSDP2 on CUDA (NCCL, one process per GPU, at most 2): LearnedOptimizer over fully_shard
+#    parameters for 6 steps equals the single-process CPU run (bound 1e-4 relative to the
+#    update), and a torch.distributed.checkpoint save/resume after 3 steps equals the
+#    uninterrupted run (tests/optim/fsdp_worker.py, the CPU/gloo test's worker, on cuda).
+# 4. benchmarks/step_overhead.py (float32 and bfloat16 state: ratio to fused Adam and to the
 #    bandwidth limit) and benchmarks/meta_throughput.py with --device cuda.  On CUDA the
 #    step uses the fused Triton kernel (optim/triton_step.py) where Triton is installed.
 set -euo pipefail
@@ -177,6 +181,32 @@ for name, error, bound, result in rows:
 if failed:
     sys.exit("gpu_check: some checks FAILED")
 EOF
+
+FSDP_OUT="$(mktemp -d)"
+FSDP_WORLD="$(python -c 'import torch; print(min(2, torch.cuda.device_count()))')"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python tests/optim/fsdp_worker.py "$FSDP_OUT" 29651 cuda "$FSDP_WORLD"
+PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python - "$FSDP_OUT" "$FSDP_WORLD" <<'EOF'
+import sys
+
+import torch
+
+sys.path.insert(0, "tests/optim")
+import fsdp_worker
+from l2l_lightning import LearnedOptimizer
+
+out = torch.load(f"{sys.argv[1]}/fsdp.pt", weights_only=True)
+model, net, (x, y) = fsdp_worker.build()
+start = [p.detach().clone() for p in model.parameters()]
+fsdp_worker.train(model, LearnedOptimizer(model.parameters(), checkpoint=net), x, y, fsdp_worker.STEPS)
+error = max(((a - p.detach()).abs().max() / (p.detach() - s).abs().max()).item()
+            for a, p, s in zip(out["straight"], model.parameters(), start))
+resumed = all(torch.equal(a, b) for a, b in zip(out["straight"], out["resumed"]))
+print(f"\nFSDP2 on {sys.argv[2]} GPU(s): parameters vs single-process CPU, max error rel. to the update: {error:.1e} "
+      f"(bound 1e-4); DCP save/resume after {fsdp_worker.STEPS // 2} steps equals the uninterrupted run: {resumed}")
+if error > 1e-4 or not resumed or out["steps"] != [fsdp_worker.STEPS] * 4:
+    sys.exit("gpu_check: FSDP2 check FAILED")
+EOF
+rm -rf "$FSDP_OUT"
 
 python benchmarks/step_overhead.py --device cuda --sizes "$SIZES" --naive-max 10M
 python benchmarks/step_overhead.py --device cuda --sizes "$SIZES" --naive-max 0 --state-dtype bfloat16

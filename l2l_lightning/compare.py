@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -37,6 +37,7 @@ from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baselin
 from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
+from l2l_lightning.threads import ThreadPolicy, check_threads
 
 
 @dataclass
@@ -94,6 +95,7 @@ def compare(
     device: str = "cpu",
     progress: bool = True,
     image_grid: int = 4,
+    threads: Union[str, int] = "auto",
 ) -> list[OptimizerResult]:
     """Compare trained optimizers with tuned baselines on held-out problems of ``task``.
 
@@ -110,6 +112,10 @@ def compare(
         tune_problems, tune_seed: the tuning draws (``"train"`` split).
         out_dir: where to write the table, figure and TensorBoard runs (``None``: nothing written).
         image_grid: for image optimizees, how many to show in ``images.png`` (0: no grid).
+        threads: intra-op CPU threads for the runs: ``"auto"`` (one thread for problems under
+            :data:`~l2l_lightning.threads.SMALL_WORK_ROWS` coordinates unless ``OMP_NUM_THREADS`` or
+            ``torch.set_num_threads`` chose otherwise; :mod:`l2l_lightning.threads`) or a positive
+            integer; the caller's count is restored at the end.
     """
     from l2l_lightning.optim.pretrained import load_net
 
@@ -122,6 +128,7 @@ def compare(
         raise ConfigError(f"compare: lrs={list(lrs)!r} must be a non-empty list of positive floats")
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
+    policy = ThreadPolicy(check_threads(threads, "compare: threads"))
     nets = {}
     for entry in learned:
         label, spec = _labelled(entry)
@@ -136,6 +143,25 @@ def compare(
 
     tuning = _draw(task, tune_problems, tune_seed, "train", device)
     evaluation = _draw(task, num_problems, seed, "test", device)
+    policy.apply(tuning[0].initial_params().numel())
+    try:
+        results = _run_all(nets, baselines, tuning, evaluation, num_steps, lrs, bar, extend_bar)
+        bar.close()
+        if out_dir is not None:
+            write_outputs(results, Path(out_dir), settings=dict(
+                learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
+                baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
+            ))  # fmt: skip
+            if image_grid > 0 and is_image_problem(evaluation[0]):
+                tuned_lrs = {r.name: r.lr for r in results if r.lr is not None}
+                write_image_grid(evaluation, nets, tuned_lrs, num_steps, image_grid, Path(out_dir) / "images.png")
+    finally:
+        policy.restore()
+    return results
+
+
+def _run_all(nets, baselines, tuning, evaluation, num_steps, lrs, bar, extend_bar) -> list[OptimizerResult]:  # noqa: ANN001
+    """Every learned optimizer and every tuned baseline on the evaluation problems."""
     results = []
     for label, net in nets.items():
         curves = []
@@ -150,15 +176,6 @@ def compare(
             curves.append(run_baseline(name, tuned.lr, problem, num_steps))
             bar.update()
         results.append(OptimizerResult(name, torch.cat(curves, dim=1), tuned.lr, tuned.mean_losses))
-    bar.close()
-    if out_dir is not None:
-        write_outputs(results, Path(out_dir), settings=dict(
-            learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
-            baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
-        ))  # fmt: skip
-        if image_grid > 0 and is_image_problem(evaluation[0]):
-            tuned_lrs = {r.name: r.lr for r in results if r.lr is not None}
-            write_image_grid(evaluation, nets, tuned_lrs, num_steps, image_grid, Path(out_dir) / "images.png")
     return results
 
 

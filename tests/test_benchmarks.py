@@ -44,6 +44,7 @@ def test_gpu_check_script_is_there_and_executable():
     assert script.exists() and script.stat().st_mode & 0o111
     text = script.read_text()
     assert "set_sync_debug_mode" in text and "step_overhead.py" in text and "meta_throughput.py" in text
+    assert "tests/optim/fsdp_worker.py" in text and (BENCHMARKS.parent / "tests" / "optim" / "fsdp_worker.py").exists()
 
 
 def test_step_vs_revision_runs_against_head():
@@ -64,3 +65,12 @@ def test_neural_art_step_runs():
         ["--repeats", "1", "--threads", "1", "--resolutions", "32", "--images", "1", "--channels", "4,8", "--unroll", "2"]
     )
     assert "| random   | 32×32" in out and "| vgg19    | 32×32" in out and "random weights" in out
+
+
+@pytest.mark.slow
+def test_busy_machine_runs():
+    quick = "--model.val_problems 1 --model.num_steps 20 --model.unroll 10 --model.baseline_lrs [0.1] --trainer.logger false"
+    out = _load("busy_machine").main(["--epochs", "1", "--truncations", "2", "--cli-args", quick, "--timeout", "300"])
+    rows = [line for line in out.splitlines() if line.startswith("| old") or line.startswith("| new default")]
+    assert len(rows) == 2 and all("×" in row for row in rows)
+    assert "goal: the default's busy run" in out

@@ -43,6 +43,7 @@ from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.safe_load import check_spec_allowed, load_plain
 from l2l_lightning.tasks.base import Problem, ScaledProblem, Task
+from l2l_lightning.threads import ThreadPolicy, check_threads
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
 LossTransform = Literal["none", "log"]
@@ -164,6 +165,11 @@ class MetaLearner(L.LightningModule):
         baseline_lrs: the grid on which Adam's learning rate is tuned for the comparison.
         max_nonfinite_in_row: stop with an error after this many consecutive meta-steps whose
             loss or gradient was NaN/Inf (each one is skipped and counted in ``meta/skipped_steps``).
+        threads: intra-op CPU threads while this module fits, validates or tests: ``"auto"`` (one
+            thread for optimizees under :data:`~l2l_lightning.threads.SMALL_WORK_ROWS` coordinates,
+            unless ``OMP_NUM_THREADS`` or ``torch.set_num_threads`` chose otherwise; see
+            :mod:`l2l_lightning.threads`) or a positive integer.  Decided at the first ``setup`` from
+            the size of one problem, applied in every stage, restored at teardown.
 
     The meta-loss of a truncation covering inner steps ``s+1 … s+unroll`` is
     ``Σ_t w_t · mean_i f_i(θ_t)``: the losses *after* each update, averaged over the
@@ -195,6 +201,7 @@ class MetaLearner(L.LightningModule):
         test_seed: int = 20_000,
         baseline_lrs: Sequence[float] = DEFAULT_LR_GRID,
         max_nonfinite_in_row: int = 10,
+        threads: Union[str, int] = "auto",
     ) -> None:
         super().__init__()
         for name, value in (
@@ -239,6 +246,7 @@ class MetaLearner(L.LightningModule):
                 f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
                 "l2l_lightning.nets.LearnedOptimizerNet (see the README's 'Your own learned optimizer')"
             )
+        self._threads = ThreadPolicy(check_threads(threads, "MetaLearner: threads"))
         self.task = task
         self.estimator = estimator
         self.loss_transform = loss_transform
@@ -284,6 +292,27 @@ class MetaLearner(L.LightningModule):
         elif not isinstance(self.hparams.get("meta_optimizer"), dict):
             self.hparams.pop("meta_optimizer", None)  # a lambda: the checkpoint falls back to the default
         self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+
+    # ------------------------------------------------------------------ threads
+    def setup(self, stage: str) -> None:
+        """Set the thread count before anything runs (the first stage decides it; ``l2l fit`` then tests).
+
+        The decision needs the work per op: the size of one problem, drawn here on the CPU from the
+        data split the stage uses (``fit`` may run without validation data), with a generator of
+        its own, so the training stream and the held-out problems are untouched.
+        """
+        if not self._threads.ready:
+            split = {"validate": "val", "test": "test"}.get(stage, "train")
+            self._use_threads(self.task.sample(torch.Generator().manual_seed(0), "cpu", split=split))
+        self._threads.apply()
+
+    def teardown(self, stage: str) -> None:
+        """Give the caller its thread count back."""
+        self._threads.restore()
+
+    def _use_threads(self, problem: Problem) -> None:
+        """Decide the thread count from a problem's size (the work per op)."""
+        self._threads.apply(problem.initial_params().numel())
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:

@@ -76,12 +76,16 @@ Distributed training:
 * **DDP** (tested, 2 CPU processes): gradients are all-reduced before ``step``, the
   step is deterministic and has no rank-dependent branch (the non-finite check reads
   the reduced gradients), so every rank keeps identical parameters and LSTM states.
-* **FSDP / ZeRO-style sharding: untested.**  In principle the net is coordinatewise, so
-  stepping a local shard is correct and the state is per local shard.  But FSDP's
-  optimizer-state-dict utilities expect state tensors shaped like their parameter
-  (ours is ``(layers, 2, numel, hidden)``) and may drop the extra ``"l2l_net"`` key, so
-  saving and resuming under FSDP is expected *not* to work today.  DeepSpeed, which
-  wraps or replaces the optimizer, is not supported.
+* **FSDP2** (``fully_shard``, Lightning's ``ModelParallelStrategy``; tested, 2 CPU processes with
+  gloo): parameters and gradients are DTensors; each rank steps its local shard with the
+  states of its local coordinates (the net is coordinatewise, so this equals the unsharded
+  step), and the state dict goes through ``torch.distributed.checkpoint`` with each LSTM state
+  as a DTensor sharded like its parameter (:mod:`l2l_lightning.optim.sharded`).  LSTM+GAC,
+  which averages over all coordinates, is refused on sharded parameters.
+* **FSDP1** (``FullyShardedDataParallel``, ``FSDPStrategy``) and **DeepSpeed ZeRO-3** parameters
+  are refused at construction (their optimizer-state code assumes state shaped like the
+  parameter).  Other DeepSpeed stages replace the parameters after the optimizer is built and
+  cannot be recognised from here; ``LearnedOptimizerCallback`` refuses the DeepSpeed strategy.
 """
 
 from __future__ import annotations
@@ -102,6 +106,7 @@ from torch.optim import Optimizer
 
 from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError
 from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment, owner_types
+from l2l_lightning.optim import sharded
 from l2l_lightning.optim.pretrained import load_net
 from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads
 from l2l_lightning.serialization import NET_KEY, fingerprint, net_spec
@@ -315,6 +320,7 @@ class LearnedOptimizer(Optimizer):
                 )
         super().add_param_group(param_group)
         try:
+            sharded.refuse_unsupported(self._net, self.param_groups[-1]["params"])
             self._route_group(self.param_groups[-1])
         except ConfigError:
             self.param_groups.pop()  # all or nothing: a group that cannot be routed is not added
@@ -330,7 +336,7 @@ class LearnedOptimizer(Optimizer):
             names, owners = self._names_of(group)
         routes = group.get("param_routes") or [group.get("route")] * len(group["params"])
         return Layout(
-            Segment(name or f"<unnamed parameter #{i}>", tuple(p.shape), owners.get(name or "", ()), route=route)
+            Segment(name or f"<unnamed parameter #{i}>", tuple(sharded.local(p).shape), owners.get(name or "", ()), route=route)
             for i, (p, name, route) in enumerate(zip(group["params"], names, routes))
         )
 
@@ -459,7 +465,7 @@ class LearnedOptimizer(Optimizer):
                     )
                 if grad.is_complex():
                     raise UnsupportedGradientError("LearnedOptimizer does not support complex gradients")
-                segment = Segment(f"param{i}", tuple(p.shape), route=route)
+                segment = Segment(f"param{i}", tuple(sharded.local(p).shape), route=route)  # a shard's own
                 by_key.setdefault((grad.device, grad.dtype), []).append((p, group, segment))
         buckets = []
         for (device, dtype), members in by_key.items():
@@ -474,7 +480,7 @@ class LearnedOptimizer(Optimizer):
                         f"{tuple(lstm.shape)}, expected {tuple(shape)}; was the parameter resized after the "
                         "optimizer state was created?"
                     )
-            grad = torch.cat([p.grad.reshape(-1) for p in params])
+            grad = torch.cat([sharded.local(p.grad).reshape(-1) for p in params])
             buckets.append(_Bucket(params, [g for _, g, _ in members], layout, grad, net))
         return buckets
 
@@ -504,9 +510,10 @@ class LearnedOptimizer(Optimizer):
     @staticmethod
     def _apply(bucket: _Bucket, update: Tensor) -> None:
         """``θ ← θ + lr · update`` for every parameter of the bucket, with its group's ``lr``."""
-        views = [u.view_as(p) for p, u in zip(bucket.params, update.split([p.numel() for p in bucket.params]))]
+        params = [sharded.local(p) for p in bucket.params]  # a sharded parameter is stepped on its shard
+        views = [u.view_as(p) for p, u in zip(params, update.split([p.numel() for p in params]))]
         by_group: dict[int, tuple[dict[str, Any], list[Tensor], list[Tensor]]] = {}
-        for p, u, group in zip(bucket.params, views, bucket.groups):
+        for p, u, group in zip(params, views, bucket.groups):
             by_group.setdefault(id(group), (group, [], []))
             by_group[id(group)][1].append(p)
             by_group[id(group)][2].append(u)
@@ -637,7 +644,15 @@ class LearnedOptimizer(Optimizer):
             "init_args": dict(self._net_spec["init_args"]),
             "fingerprint": self._fingerprint,
         }
-        return state_dict
+        return sharded.to_dcp(state_dict, *self._params_and_coordinate_dims(), NET_KEY)
+
+    def _params_and_coordinate_dims(self) -> tuple[list[Tensor], list[int]]:
+        """Every parameter in state-dict order, and the dimension of its state that indexes coordinates."""
+        params = [p for group in self.param_groups for p in group["params"]]
+        if not any(sharded.is_sharded(p) for p in params):
+            return params, [0] * len(params)  # not needed: nothing is converted
+        dims = [d for g in self.param_groups for d in sharded.coordinate_dims(self._net, self._group_layout(g, named=False))]
+        return params, dims
 
     def load_state_dict(self, state_dict: dict[str, Any], strict: bool = True) -> None:
         """Load a state dict of a ``LearnedOptimizer`` with the same net.
@@ -651,7 +666,11 @@ class LearnedOptimizer(Optimizer):
         Unlike torch's default, LSTM states keep the dtype they were saved in (torch
         would cast every floating state to its parameter's dtype, rounding float32
         states of a bf16 model).
+
+        Sharded (FSDP2) state dicts, as ``torch.distributed.checkpoint.set_optimizer_state_dict`` passes
+        them, are accepted too (:mod:`l2l_lightning.optim.sharded`).
         """
+        state_dict = sharded.from_dcp(state_dict, *self._params_and_coordinate_dims(), NET_KEY)
         saved = state_dict.get(NET_KEY)
         if not isinstance(saved, dict):
             keys = sorted({k for s in state_dict.get("state", {}).values() if isinstance(s, dict) for k in s})
