@@ -49,6 +49,21 @@ from l2l_lightning.nets.base import ChunkKernel, Layout
 DEFAULT_CHUNK_SIZE: dict[str, int] = {"cpu": 8192, "cuda": 2**18}
 
 
+#: Set when the fused kernel failed to compile here: ``fused=None`` ("auto") then stays with the chunks.
+_FUSED_FAILED: list[str] = []
+
+
+def _disable_fused(error: BaseException) -> None:
+    """Warn once that the fused step is unavailable in this process, and stop trying it."""
+    _FUSED_FAILED.append(str(error))
+    warnings.warn(
+        f"the fused learned-optimizer step could not be compiled here ({error}); using the chunked step "
+        "(same results, slower on GPUs). Pass fused=False to silence this.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
 def check_chunk_size(chunk_size: Any) -> int:
     """``chunk_size`` if it is a positive integer, else :class:`ConfigError`."""
     return check_positive_int("chunk_size", chunk_size, " (rows of coordinates per chunk)")
@@ -156,11 +171,16 @@ def step_chunked(
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(grad.shape)}")
     if n == 0:
         return out
-    if options.fused is not False:
+    if options.fused is not False and not (options.fused is None and _FUSED_FAILED):
         fused = kernel.fused_step(device)
         if fused is not None and all(_rows_contiguous(s, dim) and s.device == device for s in states):
-            return fused(grad, states, out, keep)
-        if options.fused:
+            try:
+                return fused(grad, states, out, keep)
+            except RuntimeError as error:
+                if options.fused or type(error).__name__ != "FusedStepUnavailable":
+                    raise
+                _disable_fused(error)  # nothing was written: the chunked path below does the step
+        elif options.fused:
             raise ConfigError(
                 f"fused=True, but no single-kernel step for {type(kernel).__name__} on {device} with these states "
                 "(it needs Triton and CUDA, float32 maths, row-contiguous states); use fused='auto'"

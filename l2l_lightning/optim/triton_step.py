@@ -38,6 +38,10 @@ try:  # Triton ships with CUDA builds of torch; without it the eager runtime is 
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
 
+class FusedStepUnavailable(RuntimeError):
+    """The kernel could not be compiled or launched before any state was written: run the eager step instead."""
+
+
 #: Coordinates per program.  64 rows × 32 padded units × 4 gates keeps the tiles in registers.
 BLOCK_ROWS = 64
 _PREPROCESS = {"none": 0, "log_sign": 1, "clamped": 2}
@@ -182,20 +186,31 @@ class TritonLSTMStep:
     def __call__(self, grad: Tensor, states: Sequence[Tensor], out: Tensor, keep: Optional[Tensor]) -> Tensor:
         net = self.net
         keep_arg = keep if keep is not None else out  # unused when HAS_KEEP is false
-        offset = 0
+        offset, launched = 0, False
         for state in states:
             n = state.shape[2]
             if n:
                 if state.stride(3) != 1 or state.stride(2) != self.hidden:
                     raise ValueError("the fused step needs row-contiguous states (the optimizer keeps them so)")
                 grid = (triton.cdiv(n, BLOCK_ROWS),)
-                _lstm_step_kernel[grid](
+                launch = _lstm_step_kernel[grid]
+                args = (
                     grad[offset : offset + n], state, out[offset : offset + n], keep_arg,
                     self.w0x, self.wx, self.wh, self.b, self.wo, self.bo, float(net.output_scale), float(net.p),
                     math.exp(net.p), float(torch.finfo(grad.dtype).eps), n, state.stride(0), state.stride(1),
-                    state.stride(2), H=self.hidden, HP=max(16, triton.next_power_of_2(self.hidden)),
-                    F=self.features, PRE=_PREPROCESS[net.preprocess],
-                    HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
+                    state.stride(2),
                 )  # fmt: skip
+                constants = dict(
+                    H=self.hidden, HP=max(16, triton.next_power_of_2(self.hidden)), F=self.features,
+                    PRE=_PREPROCESS[net.preprocess], HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
+                )  # fmt: skip
+                if launched:
+                    launch(*args, **constants)
+                else:  # the first launch compiles: a failure there has written nothing yet
+                    try:
+                        launch(*args, **constants)
+                    except Exception as error:  # noqa: BLE001 - any compiler/driver failure
+                        raise FusedStepUnavailable(f"{type(error).__name__}: {error}") from error
+                    launched = True
             offset += n
         return out

@@ -92,3 +92,31 @@ def test_requiring_the_fused_step_where_it_cannot_run_is_a_config_error():
         optimizer.step()
     with pytest.raises(ConfigError, match="fused='sometimes'; allowed: True, False or 'auto'"):
         LearnedOptimizer(params, checkpoint=CoordinatewiseLSTM(), fused="sometimes")
+
+
+def test_a_fused_kernel_that_cannot_compile_falls_back_to_the_chunked_step_with_one_warning(monkeypatch):
+    from l2l_lightning.nets import lstm
+    from l2l_lightning.optim import runtime
+    from l2l_lightning.optim.runtime import StepOptions
+    from l2l_lightning.optim.triton_step import FusedStepUnavailable
+
+    def broken(states_written):
+        def step(grad, states, out, keep):
+            raise FusedStepUnavailable("CompilationError: no such instruction on this device")
+
+        return step
+
+    monkeypatch.setattr(lstm._LSTMKernel, "fused_step", lambda self, device: broken(None))
+    monkeypatch.setattr(runtime, "_FUSED_FAILED", [])
+    net = CoordinatewiseLSTM()
+    grad = torch.randn(50)
+    expected_state = net.init_state(50)
+    expected = net.step_inplace(grad, [expected_state], options=StepOptions(fused=False))
+    state = net.init_state(50)
+    with pytest.warns(RuntimeWarning, match="fused learned-optimizer step could not be compiled") as record:
+        update = net.step_inplace(grad, [state])
+        net.step_inplace(grad, [net.init_state(50)])  # no second warning: auto stays with the chunks
+    assert len(record) == 1
+    assert torch.equal(update, expected) and torch.equal(state, expected_state)
+    with pytest.raises(FusedStepUnavailable):
+        net.step_inplace(grad, [net.init_state(50)], options=StepOptions(fused=True))  # required: no silent fallback
