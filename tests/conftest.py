@@ -43,6 +43,17 @@ class MinimalNet(LearnedOptimizerNet):
         return self.inner(grad, state, layout)
 
 
+def fit_tiny(tmp_path, max_steps: int, ckpt_path=None, save=None, **learner_overrides) -> MetaLearner:
+    """A tiny meta-training run from seed 0 (optionally resumed from ``ckpt_path``, then saved to ``save``)."""
+    torch.manual_seed(0)
+    learner = tiny_learner(**learner_overrides)
+    trainer = tiny_trainer(tmp_path, max_steps=max_steps, enable_checkpointing=False)
+    trainer.fit(learner, ckpt_path=ckpt_path)
+    if save is not None:
+        trainer.save_checkpoint(save)
+    return learner
+
+
 def tiny_trainer(tmp_path, **overrides) -> L.Trainer:
     kwargs = dict(
         default_root_dir=tmp_path,

@@ -96,6 +96,18 @@ if triton is not None:
         return acc + bias[None, :]
 
     @triton.jit
+    def _cell(x0, x1, h, c, wx_ptr, wh_ptr, b_ptr, layer, tile_ok, H: tl.constexpr, HP: tl.constexpr,
+              F: tl.constexpr, FIRST: tl.constexpr):  # fmt: skip
+        """One LSTM layer for a block: the four gates, then the new ``(h, c)`` (zero outside the tile)."""
+        a_i = _gate(x0, x1, h, wx_ptr, wh_ptr, b_ptr, 0, layer, H, HP, F, FIRST)
+        a_f = _gate(x0, x1, h, wx_ptr, wh_ptr, b_ptr, 1, layer, H, HP, F, FIRST)
+        a_g = _gate(x0, x1, h, wx_ptr, wh_ptr, b_ptr, 2, layer, H, HP, F, FIRST)
+        a_o = _gate(x0, x1, h, wx_ptr, wh_ptr, b_ptr, 3, layer, H, HP, F, FIRST)
+        c_new = tl.where(tile_ok, _sigmoid(a_f) * c + _sigmoid(a_i) * _tanh(a_g), 0.0)
+        h_new = tl.where(tile_ok, _sigmoid(a_o) * _tanh(c_new), 0.0)
+        return h_new, c_new
+
+    @triton.jit
     def _lstm_step_kernel(
         grad_ptr, state_ptr, out_ptr, keep_ptr,
         w0x_ptr, wx_ptr, wh_ptr, b_ptr, wo_ptr, bo, scale, p, exp_p, eps,
@@ -133,18 +145,8 @@ if triton is not None:
         h2 = tl.load(h2_ptr, mask=tile_ok, other=0.0).to(tl.float32)
         c2 = tl.load(c2_ptr, mask=tile_ok, other=0.0).to(tl.float32)
         # layer 1 reads the F features, layer 2 layer 1's new h
-        a_i = _gate(x0, x1, h1, w0x_ptr, wh_ptr, b_ptr, 0, 0, H, HP, F, True)
-        a_f = _gate(x0, x1, h1, w0x_ptr, wh_ptr, b_ptr, 1, 0, H, HP, F, True)
-        a_g = _gate(x0, x1, h1, w0x_ptr, wh_ptr, b_ptr, 2, 0, H, HP, F, True)
-        a_o = _gate(x0, x1, h1, w0x_ptr, wh_ptr, b_ptr, 3, 0, H, HP, F, True)
-        c1n = tl.where(tile_ok, _sigmoid(a_f) * c1 + _sigmoid(a_i) * _tanh(a_g), 0.0)
-        h1n = tl.where(tile_ok, _sigmoid(a_o) * _tanh(c1n), 0.0)
-        a_i = _gate(h1n, x1, h2, wx_ptr, wh_ptr, b_ptr, 0, 1, H, HP, F, False)
-        a_f = _gate(h1n, x1, h2, wx_ptr, wh_ptr, b_ptr, 1, 1, H, HP, F, False)
-        a_g = _gate(h1n, x1, h2, wx_ptr, wh_ptr, b_ptr, 2, 1, H, HP, F, False)
-        a_o = _gate(h1n, x1, h2, wx_ptr, wh_ptr, b_ptr, 3, 1, H, HP, F, False)
-        c2n = tl.where(tile_ok, _sigmoid(a_f) * c2 + _sigmoid(a_i) * _tanh(a_g), 0.0)
-        h2n = tl.where(tile_ok, _sigmoid(a_o) * _tanh(c2n), 0.0)
+        h1n, c1n = _cell(x0, x1, h1, c1, w0x_ptr, wh_ptr, b_ptr, 0, tile_ok, H, HP, F, True)
+        h2n, c2n = _cell(h1n, x1, h2, c2, wx_ptr, wh_ptr, b_ptr, 1, tile_ok, H, HP, F, False)
         wo = tl.load(wo_ptr + cols, mask=col_ok, other=0.0)
         update = (tl.sum(h2n * wo[None, :], axis=1) + bo) * scale
         tl.store(out_ptr + rows, update, mask=row_ok)

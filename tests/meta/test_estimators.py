@@ -9,7 +9,7 @@ from torch.nn.utils import parameters_to_vector
 from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, QuadraticTask
 from l2l_lightning.meta.estimators import PES, Truncation, TruncatedBPTT
 from l2l_lightning.meta.unroll import bind, unroll
-from tests.conftest import tiny_learner, tiny_trainer
+from tests.conftest import fit_tiny, tiny_learner, tiny_trainer
 
 
 def _tiny():
@@ -101,13 +101,7 @@ def test_pes_state_survives_checkpoint_and_resume_bit_exactly(tmp_path, stop):
     """The accumulated perturbations, every particle's optimizees and the perturbation stream resume."""
 
     def fit(max_steps, ckpt_path=None, save=None):
-        torch.manual_seed(0)
-        learner = tiny_learner(estimator=PES(num_particles=4, sigma=0.01))
-        trainer = tiny_trainer(tmp_path, max_steps=max_steps, enable_checkpointing=False)
-        trainer.fit(learner, ckpt_path=ckpt_path)
-        if save is not None:
-            trainer.save_checkpoint(save)
-        return learner
+        return fit_tiny(tmp_path, max_steps, ckpt_path, save, estimator=PES(num_particles=4, sigma=0.01))
 
     straight = fit(6)
     fit(stop, save=tmp_path / "part.ckpt")

@@ -7,7 +7,7 @@ import torch
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, NonFiniteMetaLossError, QuadraticTask
 from l2l_lightning.tasks.quadratic import QuadraticProblem
-from tests.conftest import tiny_learner, tiny_trainer
+from tests.conftest import fit_tiny, tiny_learner, tiny_trainer
 
 
 def test_one_training_step_is_one_truncation_and_the_horizon_resets(tmp_path):
@@ -177,13 +177,7 @@ def test_meta_training_resumes_bit_exactly_at_any_truncation_boundary(tmp_path, 
     step 3 stops halfway through the second problem, step 4 between problems)."""
 
     def fit(max_steps, ckpt_path=None, save=None):
-        torch.manual_seed(0)
-        learner = tiny_learner()
-        trainer = tiny_trainer(tmp_path, max_steps=max_steps, enable_checkpointing=False)
-        trainer.fit(learner, ckpt_path=ckpt_path)
-        if save is not None:
-            trainer.save_checkpoint(save)
-        return learner
+        return fit_tiny(tmp_path, max_steps, ckpt_path, save)
 
     straight = fit(6)
     fit(stop, save=tmp_path / "part.ckpt")
