@@ -32,9 +32,10 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
-from l2l_lightning.errors import ConfigError, NonFiniteMetaLossError, check_positive_int
+from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
 from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
+from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.images import grid_tensor, is_image_problem, result_columns
 from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.unroll import bind, evaluate_learned
@@ -90,6 +91,27 @@ def _check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll:
             f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
         )
     return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
+
+
+def _initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) -> LearnedOptimizerNet:
+    """The net meta-training starts from: ``net`` (default: the paper's LSTM), with ``init_from``'s weights if given."""
+    if init_from is None:
+        return net if net is not None else CoordinatewiseLSTM()
+    from l2l_lightning.optim.pretrained import load_net  # deployment code: imported only when fine-tuning
+
+    try:
+        trained = load_net(init_from)
+    except L2LError as error:
+        raise ConfigError(f"MetaLearner: init_from={init_from!r}: {error}") from error
+    if net is None:
+        return trained.requires_grad_(True).train()
+    if net.spec != trained.spec:
+        raise ConfigError(
+            f"MetaLearner: init_from={init_from!r} holds {trained.spec} but model.net is {net.spec}; "
+            "drop model.net to fine-tune the file's own net, or make its settings match"
+        )
+    net.load_state_dict(trained.state_dict())
+    return net
 
 
 def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
@@ -155,6 +177,17 @@ class MetaLearner(L.LightningModule):
             the stage's best (Chen et al. 2020, "Training stronger baselines for learning to
             optimize"); after the last entry, ``num_steps``.  ``None`` (default): ``num_steps``
             from the start, as in the paper.
+        imitation: an auxiliary meta-loss pulling each learned update towards a tuned
+            hand-designed optimizer's on the same trajectory (Chen et al. 2020;
+            :mod:`l2l_lightning.meta.imitation`), e.g. ``{teacher: nag, lr: 1.0, weight: 0.1}``;
+            ``None`` (default): off, as in the paper.  TruncatedBPTT only.
+        init_from: start from a trained optimizer's weights instead of a fresh initialization
+            (fine-tuning): a shipped name (``fashion_mnist``), an exported file or a ``MetaLearner``
+            checkpoint.  Without ``net`` the file's net is used; with ``net`` its class and settings
+            must match the file's (a mismatch is a ``ConfigError`` naming both).  Unlike
+            ``--ckpt_path`` (which resumes a run: its meta-optimizer, step and problem stream),
+            only the net's weights are taken, so every other setting may differ from the run that
+            made the file.
         meta_optimizer: the optimizer of φ (paper: Adam, lr 1e-3), e.g.
             ``--model.meta_optimizer.lr 3e-3`` on the command line.
         truncations_per_epoch: meta-updates per Lightning epoch (validation runs per epoch by default).
@@ -193,6 +226,8 @@ class MetaLearner(L.LightningModule):
         estimator: Optional[OuterEstimator] = None,
         random_scaling: float = 0.0,
         horizon_curriculum: Optional[list[int]] = None,
+        imitation: Optional[Imitation] = None,
+        init_from: Optional[str] = None,
         meta_optimizer: OptimizerCallable = torch.optim.Adam,
         truncations_per_epoch: int = 100,
         val_problems: int = 1,
@@ -241,6 +276,15 @@ class MetaLearner(L.LightningModule):
                 f"MetaLearner: second_derivatives=true only applies to TruncatedBPTT; {type(estimator).__name__} "
                 "never differentiates through the unroll (set model.second_derivatives false)"
             )
+        if isinstance(imitation, dict):  # as checkpoints store it
+            imitation = Imitation(**imitation)
+        if imitation is not None:
+            imitation.check()
+        if imitation is not None and not isinstance(estimator, TruncatedBPTT):
+            raise ConfigError(
+                f"MetaLearner: imitation needs the TruncatedBPTT estimator (its term is differentiated through the "
+                f"updates); {type(estimator).__name__} never differentiates: drop model.imitation or the estimator"
+            )
         if net is not None and not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(
                 f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
@@ -249,11 +293,12 @@ class MetaLearner(L.LightningModule):
         self._threads = ThreadPolicy(check_threads(threads, "MetaLearner: threads"))
         self.task = task
         self.estimator = estimator
+        self.imitation = imitation
         self.loss_transform = loss_transform
         self.random_scaling = float(random_scaling)
         self._horizons = horizons  #: the curriculum's horizons, then num_steps
         self._stage, self._stage_best = 0, math.inf
-        self.net = net if net is not None else CoordinatewiseLSTM()
+        self.net = _initial_net(net, init_from)
         self._save_hyperparameters_as_data(meta_optimizer)
         self.num_steps = num_steps
         self.unroll = unroll
@@ -282,9 +327,10 @@ class MetaLearner(L.LightningModule):
         ``MetaLearner.load_from_checkpoint(path)`` rebuild task and net through Lightning's
         own CLI instantiator, whether the module was made by ``l2l`` or in Python.
         """
-        self.save_hyperparameters(ignore=["task", "net", "meta_optimizer", "estimator"], frame=inspect.currentframe().f_back)
+        self.save_hyperparameters(ignore=["task", "net", "meta_optimizer", "estimator", "imitation"], frame=inspect.currentframe().f_back)
         self.hparams["task"] = self.task.config
         self.hparams["estimator"] = self.estimator.config
+        self.hparams["imitation"] = None if self.imitation is None else self.imitation.config
         self.hparams["net"] = self.net.spec
         optimizer_spec = _callable_spec(meta_optimizer)
         if optimizer_spec is not None:
@@ -323,6 +369,8 @@ class MetaLearner(L.LightningModule):
             # resumed from a checkpoint: the same problem, continued, then the same stream
             if "estimator" in resume:
                 self.estimator.load_state_dict(resume["estimator"], self.device)
+            if "imitation" in resume and self.imitation is not None:
+                self.imitation.load_state_dict(resume["imitation"])
             if "curriculum" in resume:
                 self._stage, self._stage_best = int(resume["curriculum"][0]), float(resume["curriculum"][1])
             return
@@ -361,6 +409,8 @@ class MetaLearner(L.LightningModule):
             theta = problem.initial_params()
             net = bind(self.net, problem)
             carry = _Carry(problem, net, theta, net.init_state(problem.layout, device=self.device), 0)
+            if self.imitation is not None:
+                self.imitation.reset()  # the teacher starts afresh with the problem
         return carry
 
     def objective(self, losses: Tensor, start: int) -> Tensor:
@@ -374,6 +424,7 @@ class MetaLearner(L.LightningModule):
         run = Truncation(
             self.net, carry.net, carry.problem, carry.theta, carry.state, carry.step, self.unroll,
             fresh=carry.step == 0, objective=self.objective, second_derivatives=self.second_derivatives,
+            imitation=self.imitation,
         )  # fmt: skip
         result = self.estimator.truncation(run)
         self._carry = _Carry(carry.problem, carry.net, result.theta, result.state, carry.step + self.unroll)
@@ -382,6 +433,8 @@ class MetaLearner(L.LightningModule):
         if len(self._horizons) > 1:
             self.log("meta/horizon", float(self.horizon))
         self.log("meta/final_loss", result.final_loss)
+        for name, value in result.extra.items():
+            self.log(f"meta/{name}", value)
         return result.loss
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
@@ -549,6 +602,8 @@ class MetaLearner(L.LightningModule):
             _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
             hparams = checkpoint.get("hyper_parameters")
             check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
+        # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
+        kwargs.setdefault("init_from", None)
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -587,6 +642,8 @@ class MetaLearner(L.LightningModule):
             )
         stream["estimator"] = self.estimator.state_dict()  # e.g. PES's perturbations, carried with the problem
         stream["curriculum"] = [self._stage, self._stage_best]
+        if self.imitation is not None:
+            stream["imitation"] = self.imitation.state_dict()  # the teacher's state for the carried problem
         return stream
 
     def _restore_stream(self, stream: dict[str, Any]) -> bool:

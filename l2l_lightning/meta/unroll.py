@@ -31,7 +31,7 @@ optimizee behind one ``torch.func.vmap``.  ``benchmarks/meta_throughput.py`` mea
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
@@ -62,6 +62,7 @@ def unroll(
     *,
     meta_grad: bool = True,
     second_derivatives: bool = False,
+    on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
 ) -> UnrollResult:
     """Run ``steps`` inner steps of the learned optimizer ``net`` on ``problem``.
 
@@ -74,6 +75,9 @@ def unroll(
             the loop runs for evaluation only and keeps no graph across steps.
         second_derivatives: also differentiate through the optimizee's gradient
             (``∂∇/∂φ``), which the paper drops; costs a double backward per step.
+        on_step: called as ``on_step(θ_k, ∇_k, g_k)`` at every inner step, before the update
+            is applied (e.g. :class:`~l2l_lightning.meta.imitation.Imitation` compares ``g_k``
+            with a teacher's update); ``g_k`` keeps its graph to φ.
     """
     layout = problem.layout
     with torch.enable_grad():  # the inner gradient needs autograd even in an evaluation context
@@ -89,6 +93,8 @@ def unroll(
             (grad,) = torch.autograd.grad(loss.sum(), theta, create_graph=create_graph, retain_graph=meta_grad)
             with torch.set_grad_enabled(meta_grad):
                 update, carried = net.forward_split(grad, carried, layout)
+                if on_step is not None:
+                    on_step(theta, grad, update)
                 theta = theta + update
             if not meta_grad:
                 theta = theta.detach().requires_grad_(True)

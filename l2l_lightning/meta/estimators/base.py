@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from torch import Tensor
 
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.tasks.base import Problem
+
+if TYPE_CHECKING:
+    from l2l_lightning.meta.imitation import Imitation
 
 #: ``objective(losses, start) -> scalar``: the meta-loss of a truncation's ``(steps, optimizees)``
 #: losses starting after inner step ``start`` (weights and transform are ``MetaLearner``'s settings).
@@ -49,6 +52,7 @@ class Truncation:
     fresh: bool  #: ``problem`` was just drawn (``start == 0``): per-problem state starts anew
     objective: Objective
     second_derivatives: bool = False
+    imitation: Optional["Imitation"] = None  #: an auxiliary term on the updates (TruncatedBPTT only)
 
 
 @dataclass
@@ -60,6 +64,7 @@ class TruncationResult:
     final_loss: Tensor  #: mean optimizee loss after the truncation's last step (``meta/final_loss``)
     theta: Tensor  #: the carried optimizees' parameters now (detached)
     state: Any  #: their net state now (detached)
+    extra: dict[str, Tensor] = field(default_factory=dict)  #: more figures to log, as ``meta/<name>``
 
 
 class OuterEstimator(ABC):

@@ -10,12 +10,18 @@ class TruncatedBPTT(OuterEstimator):
     """Differentiate the truncation's weighted losses through the unroll (paper, Section 3).
 
     Biased towards short horizons (nothing flows across a truncation boundary), cheap and
-    low-variance.  The returned scalar is the meta-loss itself.
+    low-variance.  The returned scalar is the meta-loss itself, plus the imitation term if
+    ``MetaLearner`` has one (:mod:`l2l_lightning.meta.imitation`).
     """
 
     def truncation(self, run: Truncation) -> TruncationResult:
+        imitation = run.imitation
         losses, theta, state = unroll(
-            run.bound, run.problem, run.theta, run.state, run.start, run.steps, second_derivatives=run.second_derivatives
-        )
+            run.bound, run.problem, run.theta, run.state, run.start, run.steps,
+            second_derivatives=run.second_derivatives, on_step=None if imitation is None else imitation.observe,
+        )  # fmt: skip
         meta_loss = run.objective(losses, run.start)
-        return TruncationResult(meta_loss, meta_loss, losses[-1].mean(), theta, state)
+        if imitation is None:
+            return TruncationResult(meta_loss, meta_loss, losses[-1].mean(), theta, state)
+        term = imitation.pop_loss()
+        return TruncationResult(meta_loss + term, meta_loss, losses[-1].mean(), theta, state, {"imitation": term.detach()})
