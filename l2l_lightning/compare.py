@@ -26,7 +26,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Literal, Optional, Sequence, Union
 
 import torch
 from torch import Tensor
@@ -87,6 +87,7 @@ def compare(
     num_steps: int = 100,
     num_problems: int = 32,
     seed: int = 30_000,
+    split: Literal["test", "val"] = "test",
     baselines: Sequence[str] = ("sgd", "nag", "rmsprop", "adam"),
     lrs: Sequence[float] = DEFAULT_LR_GRID,
     tune_problems: int = 4,
@@ -105,7 +106,10 @@ def compare(
         task: where the problems come from (e.g. ``l2l_lightning.QuadraticTask``).
         num_steps: optimization steps per problem (may differ from meta-training's horizon).
         num_problems: evaluation draws (a draw may hold several optimizees, e.g. 128 quadratics).
-        seed: evaluation draw ``i`` uses ``seed + i`` on the ``"test"`` split.
+        seed: evaluation draw ``i`` uses ``seed + i`` on the ``split`` data split.
+        split: ``"test"`` (default: report) or ``"val"``: choose between trained optimizers
+            (recipes, checkpoints) on validation data, so that the test split stays unseen
+            until the chosen one is reported.
         baselines: any of ``sgd``, ``nag`` (momentum 0.9, Nesterov), ``rmsprop``, ``adam``.
         lrs: the learning-rate grid each baseline is tuned on; extended past an edge when the
             best rate is there (see :func:`~l2l_lightning.meta.baselines.tune_baseline`).
@@ -126,6 +130,8 @@ def compare(
         raise ConfigError(f"compare: unknown baselines {unknown}; allowed: {', '.join(BASELINES)}")
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ConfigError(f"compare: lrs={list(lrs)!r} must be a non-empty list of positive floats")
+    if split not in ("test", "val"):
+        raise ConfigError(f"compare: split={split!r}; allowed: 'test', 'val' (tuning always uses 'train')")
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
@@ -142,14 +148,14 @@ def compare(
         bar.refresh()
 
     tuning = _draw(task, tune_problems, tune_seed, "train", device)
-    evaluation = _draw(task, num_problems, seed, "test", device)
+    evaluation = _draw(task, num_problems, seed, split, device)
     policy.apply(tuning[0].initial_params().numel())
     try:
         results = _run_all(nets, baselines, tuning, evaluation, num_steps, lrs, bar, extend_bar)
         bar.close()
         if out_dir is not None:
             write_outputs(results, Path(out_dir), settings=dict(
-                learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed,
+                learned=list(learned), task=task.config, num_steps=num_steps, num_problems=num_problems, seed=seed, split=split,
                 baselines=list(baselines), lrs=list(lrs), tune_problems=tune_problems, tune_seed=tune_seed,
             ))  # fmt: skip
             if image_grid > 0 and is_image_problem(evaluation[0]):

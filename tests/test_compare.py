@@ -53,6 +53,13 @@ def test_baselines_are_tuned_on_train_draws_and_everyone_is_evaluated_on_fresh_t
         assert result.lr == min(result.tuning, key=result.tuning.get)
 
 
+def test_recipes_can_be_chosen_on_val_draws_leaving_the_test_split_unseen(checkpoint):
+    task = SpyTask()
+    compare([checkpoint], task, num_steps=2, num_problems=2, split="val", baselines=["sgd"], lrs=[0.1],
+            tune_problems=1, out_dir=None, progress=False)  # fmt: skip
+    assert [s for s, _ in task.draws] == ["train", "val", "val"]
+
+
 def test_every_optimizer_starts_from_the_same_parameters(checkpoint):
     results = compare([checkpoint], QuadraticTask(dim=3, num_problems=4), num_steps=1, num_problems=1,
                       baselines=["sgd"], lrs=[1e-9], tune_problems=1, out_dir=None, progress=False)  # fmt: skip
@@ -84,6 +91,7 @@ def test_outputs_table_figure_and_overlaying_tensorboard_runs(checkpoint, tmp_pa
         (dict(baselines=["adagrad"]), "unknown baselines"),
         (dict(num_problems=0), "num_problems=0"),
         (dict(lrs=[]), "lrs="),
+        (dict(split="train"), "split='train'; allowed: 'test', 'val'"),
     ],
 )
 def test_bad_settings(kwargs, match):
