@@ -132,3 +132,14 @@ def test_the_config_file_runs_end_to_end(root, tmp_path, capsys):
         main(["fit", "--config", str(CONFIGS / "fashion_mnist.yaml"), *fast, "--model.task.init_args.root", str(tmp_path)])
     assert exit_info.value.code == 2
     assert "l2l: error: Fashion-MNIST's training files not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("config", sorted((CONFIGS / "compare").glob("fashion_mnist*.yaml")), ids=lambda p: p.stem)
+def test_every_fashion_mnist_compare_config_runs_end_to_end(config, tmp_path, capsys):
+    """Each case of the results table runs from its file (shrunk to a few steps, on tiny IDX files)."""
+    root = write_mnist(tmp_path / "data", folder="")  # flat, as Debian's dataset-fashion-mnist
+    main(["compare", "--config", str(config), "--task.init_args.root", str(root), "--task.init_args.val_size", "8",
+          "--task.init_args.batch_size", "8", "--num_steps", "3", "--num_problems", "1", "--tune_problems", "1",
+          "--lrs", "[0.1]", "--split", "val", "--out_dir", str(tmp_path / "out"), "--progress", "false"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert "fashion_mnist" in out and "adam" in out and (tmp_path / "out" / "results.csv").exists()
