@@ -1,4 +1,7 @@
-"""Lightning checkpoints written atomically: a process killed mid-save loses nothing.
+"""Lightning checkpoints written atomically, and a ``last.ckpt`` that really is the last state.
+
+A process killed mid-save loses nothing: see :class:`AtomicCheckpointIO`.  Resuming loses
+nothing either: see :class:`LatestCheckpoint`.
 
 Lightning's own save writes through a temporary file in the system's temp folder and
 *moves* it, which is a copy over the old file (not atomic) when that folder is on another
@@ -11,7 +14,9 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
 from l2l_lightning.safe_load import atomic_save
 
@@ -27,3 +32,40 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options=storage_options)
         atomic_save(checkpoint, path)
+
+
+class LatestCheckpoint(Checkpoint):
+    """Write ``last.ckpt`` beside ``best``'s checkpoints after every validation and at the end of fit.
+
+    ``ModelCheckpoint(save_last=True)`` writes ``last.ckpt`` only when it writes a top-k
+    checkpoint (Lightning 2.6: "whenever a checkpoint file gets saved"), so with
+    ``monitor="val/mean_loss"`` the file named *last* holds the *best* state, and resuming
+    from it silently repeats every meta-step since.  This callback keeps the name's meaning;
+    it goes through ``trainer.save_checkpoint``, so saves stay atomic and DDP-safe, and
+    ``--ckpt_path last`` finds the file.  A :class:`~lightning.pytorch.callbacks.Checkpoint`,
+    so Lightning runs it after ``best`` and the file holds ``best``'s up-to-date state.
+    """
+
+    def __init__(self, best: ModelCheckpoint) -> None:
+        self.best = best
+        self._saved: Optional[tuple[int, str]] = None  #: (step, best's file) of the state last written
+
+    def _save(self, trainer: "L.Trainer") -> None:
+        """Write the state unless this very state (step and best checkpoint) was written already."""
+        key = (trainer.global_step, self.best.best_model_path)
+        if trainer.sanity_checking or key == self._saved or self.best.dirpath is None:
+            return
+        trainer.save_checkpoint(f"{self.best.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{self.best.FILE_EXTENSION}")
+        self._saved = key
+
+    # ``best`` saves after validation or at the end of the training epoch (Lightning decides which);
+    # saving at both keeps ``last.ckpt`` current either way.
+    def on_validation_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        if trainer.state.fn == "fit":
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
+        self._save(trainer)

@@ -34,6 +34,7 @@ from torch.utils.data import DataLoader
 
 from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
+from l2l_lightning.meta.checkpoint_io import LatestCheckpoint
 from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
 from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.images import grid_tensor, is_image_problem, result_columns
@@ -472,18 +473,16 @@ class MetaLearner(L.LightningModule):
         return self.meta_optimizer(self.net.parameters())
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Keep the best optimizer by ``val/mean_loss`` (plus the last), unless checkpointing is off."""
+        """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off."""
         if self.trainer.checkpoint_callback is None:
             return []
-        return [
-            ModelCheckpoint(
-                monitor="val/mean_loss",
-                mode="min",
-                save_last=True,
-                filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
-                auto_insert_metric_name=False,
-            )
-        ]
+        best = ModelCheckpoint(
+            monitor="val/mean_loss",
+            mode="min",
+            filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
+            auto_insert_metric_name=False,
+        )
+        return [best, LatestCheckpoint(best)]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(_Indices(self.truncations_per_epoch), batch_size=None)

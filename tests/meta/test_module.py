@@ -198,3 +198,18 @@ def test_resuming_with_another_task_warns_and_starts_a_fresh_problem(tmp_path):
     with pytest.warns(UserWarning, match="cannot be drawn again with this task.*not exact"):
         tiny_trainer(tmp_path, max_steps=2, enable_checkpointing=False).fit(other, ckpt_path=tmp_path / "part.ckpt")
     assert other._carry.theta.shape == other.task.sample(torch.Generator().manual_seed(0)).initial_params().shape
+
+
+@pytest.mark.parametrize("max_steps", [6, 5])  # 5: stops between two validations
+def test_last_ckpt_holds_the_latest_state_not_the_best(tmp_path, max_steps):
+    """Lightning's ``save_last`` writes only with a new best; resuming from that would repeat steps."""
+    learner = tiny_learner(truncations_per_epoch=2, val_problems=1)
+    trainer = tiny_trainer(tmp_path, max_steps=max_steps, limit_val_batches=None)
+    trainer.fit(learner)
+    (last,) = tmp_path.glob("**/last.ckpt")
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == max_steps
+    for name, value in learner.state_dict().items():
+        assert torch.equal(saved["state_dict"][name], value), name
+    best = trainer.checkpoint_callback
+    assert saved["callbacks"][best.state_key]["best_model_path"] == best.best_model_path

@@ -2,12 +2,15 @@
 
 Run from a commit whose behaviour is the reference (the file records it):
 ``python tests/optim/reference/make_reference_updates.py``.  Names already in the file keep
-their recorded updates; only newly shipped optimizers are added.  The test
+their recorded updates; only newly shipped optimizers are added.  A deliberately re-shipped
+optimizer (new weights under an old name) is re-recorded with ``--replace NAME``; nothing else
+should ever change a recorded entry.  The test
 (``tests/optim/test_reference_updates.py``) replays the same gradients and demands equal bits.
 """
 
 from __future__ import annotations
 
+import argparse
 import subprocess
 from pathlib import Path
 
@@ -47,10 +50,16 @@ def replay(name: str) -> list[torch.Tensor]:
 
 
 if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--replace", nargs="*", default=[], help="re-shipped names whose entries are re-recorded")
+    replace = parser.parse_args().replace
     path = Path(__file__).with_name("updates.pt")
     out = torch.load(path, weights_only=True) if path.exists() else {"commits": {}, "names": {}}
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    added = [name for name in available() if name not in out["names"]]
+    unknown = [name for name in replace if name not in available()]
+    if unknown:
+        raise SystemExit(f"--replace {unknown}: not shipped; shipped: {available()}")
+    added = [name for name in available() if name not in out["names"] or name in replace]
     for name in added:
         out["names"][name] = torch.stack(replay(name))
         out["commits"][name] = commit
