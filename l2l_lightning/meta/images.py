@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.meta.baselines import final_params
-from l2l_lightning.meta.unroll import bind, unroll
+from l2l_lightning.meta.unroll import run_learned
 from l2l_lightning.tasks.base import Problem
 
 
@@ -29,22 +29,13 @@ def is_image_problem(problem: Any) -> bool:
     return callable(getattr(problem, "to_images", None)) and callable(getattr(problem, "references", None))
 
 
-def learned_final_params(net: nn.Module, problem: Problem, num_steps: int) -> Tensor:
-    """θ after ``num_steps`` steps of the learned optimizer ``net`` from ``problem``'s θ₀."""
-    with torch.inference_mode(False):
-        theta = problem.initial_params().clone()
-        bound = bind(net, problem)
-        state = bound.init_state(problem.layout, device=theta.device)
-        return unroll(bound, problem, theta, state, 0, num_steps, meta_grad=False).theta
-
-
 def result_columns(
     problem: Problem, num_steps: int, learned: Mapping[str, nn.Module], baselines: Mapping[str, float]
 ) -> dict[str, Tensor]:
     """Column name -> images ``(K, 3, H, W)``: the references, then each optimizer's result."""
     columns = dict(problem.references())
     for label, net in learned.items():
-        columns[label] = problem.to_images(learned_final_params(net, problem, num_steps))
+        columns[label] = problem.to_images(run_learned(net, problem, num_steps).theta)
     for name, lr in baselines.items():
         columns[f"{name} (lr {lr:g})"] = problem.to_images(final_params(name, lr, problem, num_steps))
     return columns

@@ -281,11 +281,11 @@ class MetaLearner(L.LightningModule):
             imitation = Imitation(**imitation)
         if imitation is not None:
             imitation.check()
-        if imitation is not None and not isinstance(estimator, TruncatedBPTT):
-            raise ConfigError(
-                f"MetaLearner: imitation needs the TruncatedBPTT estimator (its term is differentiated through the "
-                f"updates); {type(estimator).__name__} never differentiates: drop model.imitation or the estimator"
-            )
+            if not isinstance(estimator, TruncatedBPTT):
+                raise ConfigError(
+                    f"MetaLearner: imitation needs the TruncatedBPTT estimator (its term is differentiated through the "
+                    f"updates); {type(estimator).__name__} never differentiates: drop model.imitation or the estimator"
+                )
         if net is not None and not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(
                 f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "

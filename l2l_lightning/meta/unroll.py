@@ -105,11 +105,16 @@ def unroll(
     return UnrollResult(torch.stack(losses), theta.detach(), tree_map(Tensor.detach, state))
 
 
-def evaluate_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> Tensor:
-    """Loss curve ``(num_steps, num_optimizees)`` of ``net`` optimizing ``problem`` from scratch."""
+def run_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> UnrollResult:
+    """``net`` optimizing ``problem`` from scratch for ``num_steps`` steps, no meta-gradient kept."""
     # Lightning's test loop runs under inference mode, where no autograd at all is possible.
     with torch.inference_mode(False):
         theta = problem.initial_params().clone()
         net = bind(net, problem)
         state = net.init_state(problem.layout, device=theta.device)
-        return unroll(net, problem, theta, state, 0, num_steps, meta_grad=False).losses
+        return unroll(net, problem, theta, state, 0, num_steps, meta_grad=False)
+
+
+def evaluate_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> Tensor:
+    """Loss curve ``(num_steps, num_optimizees)`` of ``net`` optimizing ``problem`` from scratch."""
+    return run_learned(net, problem, num_steps).losses

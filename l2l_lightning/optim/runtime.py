@@ -49,6 +49,10 @@ from l2l_lightning.nets.base import ChunkKernel, Layout
 DEFAULT_CHUNK_SIZE: dict[str, int] = {"cpu": 8192, "cuda": 2**18}
 
 
+class FusedStepUnavailable(RuntimeError):
+    """A fused step could not be compiled or launched before any state was written: run the chunked step instead."""
+
+
 #: Set when the fused kernel failed to compile here: ``fused=None`` ("auto") then stays with the chunks.
 _FUSED_FAILED: list[str] = []
 
@@ -176,8 +180,8 @@ def step_chunked(
         if fused is not None and all(_rows_contiguous(s, dim) and s.device == device for s in states):
             try:
                 return fused(grad, states, out, keep)
-            except RuntimeError as error:
-                if options.fused or type(error).__name__ != "FusedStepUnavailable":
+            except FusedStepUnavailable as error:
+                if options.fused:
                     raise
                 _disable_fused(error)  # nothing was written: the chunked path below does the step
         elif options.fused:

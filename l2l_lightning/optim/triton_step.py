@@ -32,14 +32,13 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import Tensor
 
+from l2l_lightning.optim.runtime import FusedStepUnavailable
+
 try:  # Triton ships with CUDA builds of torch; without it the eager runtime is used
     import triton
     import triton.language as tl
 except ImportError:  # pragma: no cover - depends on the installation
     triton = None
-
-class FusedStepUnavailable(RuntimeError):
-    """The kernel could not be compiled or launched before any state was written: run the eager step instead."""
 
 
 #: Coordinates per program.  64 rows × 32 padded units × 4 gates keeps the tiles in registers.
