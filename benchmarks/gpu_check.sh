@@ -111,7 +111,7 @@ for state_dtype in ("float32", "bfloat16"):
     error = max(rel(b, a) for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
     bound = 1e-4 if state_dtype == "float32" else 1e-2  # 5 steps; bf16 states round differently
     record(f"LearnedOptimizer 5 steps, {state_dtype} state: parameters", error, bound)
-    error = max(rel(gpu_opt.state[b]["lstm"].float(), cpu_opt.state[a]["lstm"].float())
+    error = max(rel(gpu_opt.state[b]["net_state"].float(), cpu_opt.state[a]["net_state"].float())
                 for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
     record(f"LearnedOptimizer 5 steps, {state_dtype} state: LSTM states", error, bound * 10)
 
@@ -133,10 +133,10 @@ with warnings.catch_warnings(record=True) as caught:
         opt.step()  # a normal step
         gpu_model[0].weight.grad[0, 0] = float("nan")
         before = [p.detach().clone() for p in gpu_model.parameters()]
-        states = [opt.state[p]["lstm"].clone() for p in gpu_model.parameters()]
+        states = [opt.state[p]["net_state"].clone() for p in gpu_model.parameters()]
         opt.step()  # a step to skip, decided on the device
         after = [p.detach().clone() for p in gpu_model.parameters()]
-        after_states = [opt.state[p]["lstm"].clone() for p in gpu_model.parameters()]
+        after_states = [opt.state[p]["net_state"].clone() for p in gpu_model.parameters()]
         gpu_model[0].weight.grad.nan_to_num_(0.0)
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()  # let the skip flag reach the host

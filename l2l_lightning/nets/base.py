@@ -17,11 +17,12 @@ loading (and nothing else about a net is assumed anywhere):
 * :meth:`~LearnedOptimizerNet.state_shape` / ``coordinate_dim``: the per-tensor state of
   ``n`` coordinates is one tensor with the coordinates along ``coordinate_dim``, so a
   deployed optimizer keeps one state tensor per parameter and concatenates them freely;
-* :meth:`~LearnedOptimizerNet.step_inplace`: the no-grad deployment step over per-tensor
-  states, updated in place.  A net that offers a :class:`ChunkKernel` (its maths for one
-  chunk of coordinates, :meth:`~LearnedOptimizerNet.chunk_kernel`) is run by the deployment
-  runtime (:mod:`l2l_lightning.optim.runtime`: chunks, threads, compile); any other net by
-  one call of ``forward`` over the concatenated states;
+* :meth:`~LearnedOptimizerNet.chunk_kernel`: the net's maths for one chunk of coordinates
+  (a :class:`~l2l_lightning.nets.kernel.ChunkKernel`), which the deployment runtime
+  (:mod:`l2l_lightning.optim.runtime`: chunks, threads, compile) runs over per-tensor
+  states in place; a net without one is deployed by one call of ``forward`` over the
+  concatenated states.  A net never runs its own deployment step: the dependencies point
+  one way, from deployment to nets;
 * :attr:`~LearnedOptimizerNet.config`: the constructor arguments as plain data;
   :attr:`~LearnedOptimizerNet.spec` (``{"class_path", "init_args"}``) and
   :meth:`~LearnedOptimizerNet.from_spec` are how checkpoints and exported files describe and
@@ -44,12 +45,15 @@ import importlib
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, replace
-from typing import Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
+
+if TYPE_CHECKING:  # the kernel contract reads Layout from here
+    from l2l_lightning.nets.kernel import ChunkKernel
 
 #: What a global statistic (e.g. the averaged cells of LSTM+GAC) is taken over.
 AverageOver = Literal["optimizee", "tensor"]
@@ -230,20 +234,20 @@ class LearnedOptimizerNet(nn.Module, ABC):
         n = as_layout(layout).numel
         return torch.zeros(self.state_shape(n), device=device, dtype=dtype or torch.float32)
 
-    def init_states(
+    def init_segment_states(
         self, layout: Layout, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
     ) -> list[Tensor]:
         """The initial state of each segment, one tensor each (a deployed optimizer keeps one per parameter).
 
         Zeros by default; a net whose :meth:`init_state` is not zero overrides both alike.
         """
-        return [torch.zeros(shape, device=device, dtype=dtype or torch.float32) for shape in self.state_shapes(layout)]
+        return [torch.zeros(shape, device=device, dtype=dtype or torch.float32) for shape in self.segment_state_shapes(layout)]
 
     def bind(self, layout: Layout) -> "LearnedOptimizerNet":
         """This net as applied to ``layout``; refuse (``ConfigError``) a layout it cannot work with."""
         return self
 
-    def state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
+    def segment_state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
         """The state shape of each segment of ``layout`` (a deployed optimizer keeps one per parameter)."""
         return [tuple(self.state_shape(size)) for size in layout.sizes]
 
@@ -282,115 +286,57 @@ class LearnedOptimizerNet(nn.Module, ABC):
         weight = next(self.parameters(), None)
         return grad_dtype if weight is None else torch.promote_types(grad_dtype, weight.dtype)
 
-    @torch.no_grad()
-    def step_inplace(
-        self,
-        grad: Tensor,
-        states: "Tensor | Sequence[Tensor]",
-        layout: "Layout | int | None" = None,
-        *,
-        out: Optional[Tensor] = None,
-        keep: Optional[Tensor] = None,
-        options: Any = None,
-    ) -> Tensor:
-        """The deployment step: ``states`` (one per segment of ``layout``) advance in place.
-
-        Args:
-            grad: the flat gradient of all segments.
-            states: one state per segment of ``layout`` (default layout: one flat tensor per
-                state, in ``grad``'s order), any float dtype each.
-            out: where to write the update (``grad``'s shape and dtype); allocated if ``None``.
-            keep: optional 0-d bool tensor on the device; where it is ``False`` no state
-                changes, decided on the device without a host synchronisation.
-            options: :class:`~l2l_lightning.optim.runtime.StepOptions` (chunk size, compile, threads).
-
-        Returns the flat update.  Coordinates whose update is non-finite get a zero state
-        (a fresh start where the net diverged; the update is left non-finite for the caller
-        to see).  A net with a :meth:`chunk_kernel` runs through the deployment runtime
-        (chunked, in place, threads, compile); any other net through one :meth:`forward`
-        over the concatenated states, written back.
-        """
-        if grad.dim() != 1 or not grad.is_floating_point():
-            raise ValueError(f"grad must be a 1-D floating-point tensor, got {grad.dtype} of shape {tuple(grad.shape)}")
-        states = [states] if isinstance(states, Tensor) else list(states)
-        dim = self.coordinate_dim
-        if layout is None:
-            layout = Layout.flat(grad.shape[0]) if len(states) == 1 else Layout(
-                Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states)
-            )
-        layout = as_layout(layout)
-        layout.check(grad)
-        if len(states) != len(layout):
-            raise ValueError(f"{len(states)} states for a layout of {len(layout)} tensors; give one state per tensor")
-        for state, expected in zip(states, self.state_shapes(layout)):
-            if tuple(state.shape) != tuple(expected):
-                raise ValueError(
-                    f"a state has shape {tuple(state.shape)}, expected {tuple(expected)}; create it with "
-                    "net.init_state(numel) for each tensor"
-                )
-        kernel = self.chunk_kernel(self.compute_dtype(grad.dtype), grad.device)
-        if kernel is not None:
-            from l2l_lightning.optim.runtime import step_chunked  # the runtime is deployment's, not the net's
-
-            return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
-        update, new_state = self(grad, torch.cat(list(states), dim=dim), layout)
-        shape = [1] * new_state.dim()
-        shape[dim] = -1
-        new_state = new_state.masked_fill(~torch.isfinite(update).view(shape), 0)
-        for state, new in zip(states, new_state.split([s.shape[dim] for s in states], dim=dim)):
-            state.copy_(torch.where(keep, new, state) if keep is not None else new)
-        if out is None:
-            return update
-        return out.copy_(update)
+    def route_parts(self) -> "Optional[RouteParts]":
+        """For a net that hands its segments to separate nets (a bound :class:`~l2l_lightning.nets.RoutedNets`):
+        which net steps which segments; ``None``: this net steps every coordinate itself."""
+        return None
 
 
-class ChunkKernel(ABC):
-    """A net's arithmetic over one chunk of coordinates, its state advanced in place.
+class RouteParts:
+    """How a bound layout's segments are shared among nets: one part per net, coordinates gathered and put back.
 
-    What the chunked deployment runtime (:mod:`l2l_lightning.optim.runtime`) runs: the
-    runtime plans chunks over per-tensor states, gathers pieces of small tensors into a
-    workspace, shares chunks over threads and resets diverged coordinates; the kernel
-    only does the maths.  Built by a net for one compute dtype and device (weights
-    converted once per step).
-
-    Attributes:
-        dtype: the compute dtype; state chunks of another dtype go through the workspace.
-        state_shape: the net's :meth:`LearnedOptimizerNet.state_shape`.
-        coordinate_dim: the net's :attr:`LearnedOptimizerNet.coordinate_dim`.
+    Each part is ``(net, members, layout)``: the net, the positions of its segments in the
+    bound layout and their sub-layout.  :meth:`split` gathers each part's coordinates of a
+    flat vector with one ``index_select``; :meth:`join` puts the parts' results back in the
+    flat order (a ``cat`` alone when the parts are consecutive blocks).  Meta-training
+    (:class:`~l2l_lightning.nets.routed.BoundNets`) and the deployment runtime both step
+    routed nets through it.
     """
 
-    dtype: torch.dtype
-    coordinate_dim: int
+    def __init__(self, layout: Layout, parts: Sequence[tuple["LearnedOptimizerNet", list[int]]]) -> None:
+        offsets = [0]
+        for size in layout.sizes:
+            offsets.append(offsets[-1] + size)
+        empty = torch.empty(0, dtype=torch.long)
+        self.layout = layout
+        self.parts = [(net, members, Layout(layout.segments[i] for i in members)) for net, members in parts]
+        self._index = [
+            torch.cat([torch.arange(offsets[i], offsets[i + 1]) for i in members]) if members else empty
+            for _, members in parts
+        ]
+        order = torch.cat(self._index) if self._index else empty
+        positions = torch.arange(layout.numel)
+        #: position in ``cat(part results)`` of each coordinate; ``None`` if that is the identity
+        self._inverse = None if torch.equal(order, positions) else torch.empty_like(order).index_copy_(0, order, positions)
+        self._on: dict[torch.device, tuple[list[Tensor], Optional[Tensor]]] = {}
 
-    @abstractmethod
-    def state_shape(self, n: int) -> tuple[int, ...]:
-        """As the net's."""
+    def _indices(self, device: torch.device) -> tuple[list[Tensor], Optional[Tensor]]:
+        if device not in self._on:
+            self._on[device] = (
+                [index.to(device) for index in self._index],
+                None if self._inverse is None else self._inverse.to(device),
+            )
+        return self._on[device]
 
-    @abstractmethod
-    def buffers(self, rows: int, device: torch.device) -> Any:
-        """The chunk-sized temporaries one thread reuses for every chunk of a step."""
+    def split(self, flat: Tensor) -> list[Tensor]:
+        """Each part's coordinates of ``flat``."""
+        return [flat.index_select(0, index) for index in self._indices(flat.device)[0]]
 
-    @abstractmethod
-    def __call__(self, buffers: Any, grad: Tensor, state: Tensor, rows: "Sequence[tuple[int, int, int, int]]") -> Tensor:
-        """Advance ``state`` (a view of ``c`` coordinates) in place; return the ``(c,)`` update.
-
-        ``rows`` says where the chunk's rows come from: ``(segment index, start in the
-        segment, row in the chunk, length)`` per piece (a chunk may pack pieces of several
-        small tensors); coordinatewise kernels ignore it.
-        """
-
-    def prepare(self, states: Sequence[Tensor], layout: Layout) -> None:
-        """Called once per step before any chunk, with every state of the step (e.g. for global averages)."""
-
-    def functional(self) -> Optional[tuple[Any, tuple[Any, ...]]]:
-        """``(fn, args)`` with ``fn(grad, state, *args) -> (update, new_state)`` pure, for
-        ``torch.compile`` (same maths as ``__call__``), or ``None`` if the kernel is not compilable."""
-        return None
-
-    def fused_step(self, device: torch.device) -> Optional[Any]:
-        """A single-kernel step for ``device`` (``fn(grad, states, out, keep) -> out``, states advanced in
-        place, diverged coordinates reset), or ``None``: the runtime then runs this kernel in chunks."""
-        return None
+    def join(self, pieces: Sequence[Tensor], like: Tensor) -> Tensor:
+        """The parts' flat results put back in the flat order (``like``: a flat tensor of the result's kind)."""
+        joined = torch.cat(list(pieces)) if pieces else like.new_empty(0)
+        inverse = self._indices(like.device)[1]
+        return joined if inverse is None else joined.index_select(0, inverse)
 
 
 def import_class(class_path: str) -> type:

@@ -10,6 +10,7 @@ Kept for the record; re-running it on a later revision would write the new key.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -47,7 +48,8 @@ if __name__ == "__main__":
     optimizer = build(ps)
     for step in range(2):
         run(optimizer, ps, step)
-    saved = {"state_dict": optimizer.state_dict(), "params": [p.detach().clone() for p in ps]}
+    saved = {"state_dict": copy.deepcopy(optimizer.state_dict()),  # it shares the live state
+             "params": [p.detach().clone() for p in ps]}
     run(optimizer, ps, 2)
     saved["after"] = [p.detach().clone() for p in ps]
     torch.save(saved, Path(__file__).with_name("v1_state_dict.pt"))

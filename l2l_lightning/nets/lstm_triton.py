@@ -1,8 +1,8 @@
-"""A fused Triton kernel for the LSTM's deployment step: state read once, written once.
+"""The LSTM's deployment step as one fused Triton kernel: state read once, written once.
 
 On a GPU the learned step is memory-bound: per coordinate it must read and write 80
 numbers of LSTM state (2 layers × (h, c) × 20) and read the gradient.  The chunked eager
-path (:mod:`l2l_lightning.optim.runtime`) moves each chunk's state through several
+path (:class:`~l2l_lightning.nets.lstm_kernel.LSTMKernel` run by :mod:`l2l_lightning.optim.runtime`) moves each chunk's state through several
 kernels (matrix products, element-wise gate maths, copies), so the state crosses memory
 a few times.  This kernel does a whole coordinate block in registers: it reads the
 gradient and every layer's ``(h, c)`` once, computes the preprocessing, both layers' four
@@ -18,7 +18,10 @@ is not fused: ``LearnedOptimizer`` applies the updates only after every one of t
 known to be finite, so the update is written to a flat buffer (2 numbers per coordinate,
 about 2.5% of the state traffic).
 
-Used on CUDA by default where Triton is installed (``StepOptions.fused``).  On CPU it runs
+The same arithmetic as :mod:`l2l_lightning.nets.lstm_kernel`, beside it: the kernel belongs
+to the net.  :meth:`LSTMKernel.fused_step <l2l_lightning.nets.lstm_kernel.LSTMKernel.fused_step>`
+offers it, and the deployment runtime runs it on CUDA by default where Triton is installed
+(``StepOptions.fused``).  On CPU it runs
 under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check it against
 the eager step on machines without a GPU.
 """
@@ -27,12 +30,15 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from l2l_lightning.optim.runtime import FusedStepUnavailable
+from l2l_lightning.nets.kernel import FusedStepUnavailable
+
+if TYPE_CHECKING:
+    from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 
 try:  # Triton ships with CUDA builds of torch; without it the eager runtime is used
     import triton
@@ -46,10 +52,10 @@ BLOCK_ROWS = 64
 _PREPROCESS = {"none": 0, "log_sign": 1, "clamped": 2}
 
 
-def available(net: Any, device: torch.device) -> bool:
-    """Whether the fused kernel can step ``net`` on ``device``: a 2-layer LSTM (the paper's; other depths run
-    eagerly), on CUDA with Triton, or on CPU under Triton's interpreter."""
-    if triton is None or net.num_layers != 2:
+def available(num_layers: int, device: torch.device) -> bool:
+    """Whether the fused kernel can step an LSTM of ``num_layers`` on ``device``: 2 layers (the paper's; other
+    depths run eagerly), on CUDA with Triton, or on CPU under Triton's interpreter."""
+    if triton is None or num_layers != 2:
         return False
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
@@ -171,7 +177,7 @@ if triton is not None:
 class TritonLSTMStep:
     """The fused step for one :class:`~l2l_lightning.nets.CoordinatewiseLSTM` on one device (weights packed once)."""
 
-    def __init__(self, net: Any, device: torch.device) -> None:
+    def __init__(self, net: "CoordinatewiseLSTM", device: torch.device) -> None:
         to = dict(device=device, dtype=torch.float32)
         hidden, layers = net.hidden_size, net.num_layers
         self.net, self.hidden, self.layers = net, hidden, layers
