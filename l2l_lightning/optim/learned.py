@@ -65,27 +65,15 @@ Why each choice:
   checks every field it restores and refuses net states from a different net or of the wrong
   shape (:mod:`l2l_lightning.optim.state`).
 
-Distributed training:
-
-* **DDP** (tested, 2 CPU processes): gradients are all-reduced before ``step``, the
-  step is deterministic and has no rank-dependent branch (the non-finite check reads
-  the reduced gradients), so every rank keeps identical parameters and LSTM states.
-* **FSDP2** (``fully_shard``, Lightning's ``ModelParallelStrategy``; tested, 2 CPU processes with
-  gloo): parameters and gradients are DTensors; each rank steps its local shard with the
-  states of its local coordinates (the net is coordinatewise, so this equals the unsharded
-  step), and the state dict goes through ``torch.distributed.checkpoint`` with each LSTM state
-  as a DTensor sharded like its parameter (:mod:`l2l_lightning.optim.sharded`).  LSTM+GAC,
-  which averages over all coordinates, is refused on sharded parameters.
-* **FSDP1** (``FullyShardedDataParallel``, ``FSDPStrategy``) and **DeepSpeed ZeRO-3** parameters
-  are refused at construction (their optimizer-state code assumes state shaped like the
-  parameter).  Other DeepSpeed stages replace the parameters after the optimizer is built and
-  cannot be recognised from here; ``LearnedOptimizerCallback`` refuses the DeepSpeed strategy.
+Distributed training: under **DDP** (tested, 2 CPU processes) the step is deterministic and
+has no rank-dependent branch, so every rank keeps identical parameters and net states;
+under **FSDP2** each rank steps its shard, and the state dict goes through
+``torch.distributed.checkpoint`` (:mod:`l2l_lightning.optim.sharded`: what is refused, and why).
 """
 
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import warnings
 from collections.abc import Iterable
@@ -101,50 +89,16 @@ from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment
 from l2l_lightning.optim import sharded
 from l2l_lightning.optim.pretrained import load_net
 from l2l_lightning.optim.routing import GroupRouting, param_routes
-from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads, step_inplace
-from l2l_lightning.optim.state import NET_STATE, STATE_DTYPES, STEP, Identity, check_lr, decode, encode, state_dtype_name
+from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads, not_traced, step_inplace
+from l2l_lightning.optim.state import (
+    NET_STATE, STATE_DTYPES, STEP, Identity, check_group_lrs, check_lr, decode, encode, state_dtype_name,
+)
 from l2l_lightning.serialization import fingerprint, net_spec
 from l2l_lightning.torch_compat import foreach_add_
 
 
 class SkippedStepWarning(UserWarning):
     """``LearnedOptimizer.step`` skipped a step (non-finite gradients or updates); nothing changed."""
-
-
-def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
-    """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
-    make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
-    ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
-    threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
-    (``compile="auto"``), by the optimizer, outside the caller's graph.
-
-    ``torch.compiler.disable`` is applied only while compiling: wrapping at import time would
-    import Dynamo with the optimizer (about 2 s, more than ``import torch`` itself), a cost a
-    plain training loop should not pay.  Outside compilation the step is called directly."""
-
-    @functools.wraps(step)
-    def run(*args: Any, **kwargs: Any) -> Any:
-        if torch.compiler.is_compiling():
-            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
-        return step(*args, **kwargs)
-
-    return run
-
-
-def _check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
-    """Refuse to step with a non-finite lr (a scheduler can set one after construction): ``lr · update``
-    would write inf/NaN into every parameter.  Tensor lrs on an accelerator are not read (no host sync)."""
-    for index, group in enumerate(param_groups):
-        lr = group["lr"]
-        if isinstance(lr, Tensor) and lr.device.type != "cpu":
-            continue
-        try:
-            check_lr(lr)
-        except ConfigError as error:
-            raise ConfigError(
-                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
-                "or state changed (did an LR scheduler set it?)"
-            ) from None
 
 
 @dataclass
@@ -157,13 +111,6 @@ class _Bucket:
     grad: Tensor  #: all their gradients, flattened and concatenated
     net: LearnedOptimizerNet  #: the net on their device and dtype, bound to ``layout``
     states: list[Tensor] = field(default_factory=list)  #: their states, in ``params`` order (filled late)
-
-
-def _one_intra_op_thread() -> Any:
-    """The step's own ops run single-threaded (the net's chunks are shared over threads instead):
-    they are few and memory-bound, and on a machine with a busy core an OpenMP barrier per op
-    stalls for a scheduler time slice each (measured: a step ~100× slower)."""
-    return intra_op_threads(1)
 
 
 def _warn_skipped(reason: str, deferred: bool = False) -> None:
@@ -402,7 +349,7 @@ class LearnedOptimizer(Optimizer):
         devices = {b.grad.device for b in buckets}
         return len(devices) == 1 and next(iter(devices)).type != "cpu"
 
-    @_not_traced
+    @not_traced
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
         """One optimization step over every parameter that has a gradient.
@@ -422,9 +369,11 @@ class LearnedOptimizer(Optimizer):
             with torch.enable_grad():
                 loss = closure()
         self._report_skipped(block=False)
-        _check_group_lrs(self.param_groups)
+        check_group_lrs(self.param_groups)
         threads = torch.get_num_threads()
-        with _one_intra_op_thread():
+        # the step's own ops run single-threaded (the chunks are shared over threads instead): they are few
+        # and memory-bound, and with a busy core an OpenMP barrier per op stalls (measured: ~100x slower)
+        with intra_op_threads(1):
             buckets = self._buckets()
             if not buckets:
                 return loss

@@ -36,6 +36,7 @@ A net offers its kernel through :meth:`~l2l_lightning.nets.LearnedOptimizerNet.c
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -432,6 +433,26 @@ def _run_chunks_in_threads(tasks: list[tuple[Any, ...]], workspace: Callable[[],
         torch.set_num_threads(caller_threads)
     if errors:
         raise errors[0]
+
+
+def not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
+    make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
+    ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
+    threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
+    (``compile="auto"``), by the optimizer, outside the caller's graph.
+
+    ``torch.compiler.disable`` is applied only while compiling: wrapping at import time would
+    import Dynamo with the optimizer (about 2 s, more than ``import torch`` itself), a cost a
+    plain training loop should not pay.  Outside compilation the step is called directly."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
+        return step(*args, **kwargs)
+
+    return run
 
 
 # ---------------------------------------------------------------- torch.compile

@@ -63,6 +63,22 @@ def check_lr(lr: Any) -> None:
         raise ConfigError(f"lr={lr!r} must be a finite non-negative number (it multiplies the learned update)")
 
 
+def check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
+    """Refuse to step with a non-finite lr (a scheduler can set one after construction): ``lr · update``
+    would write inf/NaN into every parameter.  Tensor lrs on an accelerator are not read (no host sync)."""
+    for index, group in enumerate(param_groups):
+        lr = group["lr"]
+        if isinstance(lr, Tensor) and lr.device.type != "cpu":
+            continue
+        try:
+            check_lr(lr)
+        except ConfigError as error:
+            raise ConfigError(
+                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
+                "or state changed (did an LR scheduler set it?)"
+            ) from None
+
+
 @dataclass(frozen=True)
 class Identity:
     """The net a state dict belongs to: ``{"class_path", "init_args"}`` and a fingerprint of its weights."""
