@@ -51,19 +51,6 @@ from l2l_lightning.threads import ThreadPolicy, check_threads
 __all__ = ["MetaLearner", "check_is_meta_learner_checkpoint", "loss_weights_for"]
 
 
-class _Indices(torch.utils.data.Dataset):
-    """``0 … n-1``: Lightning's loops need a dataloader; each index is one truncation or held-out draw."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> int:
-        return index
-
-
 class MetaLearner(L.LightningModule):
     """Meta-trains ``net`` on optimizees drawn from ``task``.
 
@@ -166,14 +153,11 @@ class MetaLearner(L.LightningModule):
                          horizon_curriculum=horizon_curriculum, baseline_lrs=baseline_lrs),
         )  # fmt: skip
         self._threads = ThreadPolicy(check_threads(threads, "MetaLearner: threads"))
-        self.task = task
-        self.loss_transform = loss_transform
-        self.random_scaling = float(random_scaling)
+        self.task, self.loss_transform, self.random_scaling = task, loss_transform, float(random_scaling)
         self.net = initial_net(net, init_from)
         self._save_hyperparameters_as_data(meta_optimizer)
         self.num_steps, self.unroll, self.second_derivatives = num_steps, unroll, second_derivatives
-        self.meta_optimizer = meta_optimizer
-        self.truncations_per_epoch = truncations_per_epoch
+        self.meta_optimizer, self.truncations_per_epoch = meta_optimizer, truncations_per_epoch
         self.baseline_lrs = tuple(float(lr) for lr in baseline_lrs)
         self.max_nonfinite_in_row = max_nonfinite_in_row
         self.register_buffer("loss_weights", loss_weights_for(loss_weights, num_steps), persistent=False)
@@ -181,9 +165,7 @@ class MetaLearner(L.LightningModule):
         draws = {"val": (val_problems, val_seed), "test": (test_problems, test_seed)}
         self.evaluation = HeldOutEvaluation(task, num_steps, self.baseline_lrs, draws)
         self.stream = ProblemStream(task, self.random_scaling, horizons)
-        self._loss_finite = True
-        self._nonfinite_in_row = 0
-        self._skipped = 0
+        self._loss_finite, self._nonfinite_in_row, self._skipped = True, 0, 0
         self._resume: Optional[dict[str, Any]] = None  #: a checkpoint's problem stream, applied at train start
 
     def _save_hyperparameters_as_data(self, meta_optimizer: OptimizerCallable) -> None:
@@ -315,14 +297,14 @@ class MetaLearner(L.LightningModule):
         return [best, LatestCheckpoint(best)]
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self.truncations_per_epoch), batch_size=None)
+        return DataLoader(range(self.truncations_per_epoch), batch_size=None)  # the "batches" are truncation indices
 
     # ------------------------------------------------------------- evaluation
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self.evaluation.draws["val"][0]), batch_size=None)
+        return DataLoader(range(self.evaluation.draws["val"][0]), batch_size=None)  # held-out draw indices
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self.evaluation.draws["test"][0]), batch_size=None)
+        return DataLoader(range(self.evaluation.draws["test"][0]), batch_size=None)
 
     def heldout_problems(self, stage: Literal["val", "test"]) -> list[Problem]:
         """The fixed held-out problems of ``stage`` (drawn once, then cached)."""

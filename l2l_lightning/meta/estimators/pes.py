@@ -32,7 +32,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from torch.utils._pytree import tree_map
+from l2l_lightning.torch_compat import tree_map
 
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.meta.estimators.base import OuterEstimator, Truncation, TruncationResult
