@@ -19,7 +19,7 @@
 #    uninterrupted run (tests/optim/fsdp_worker.py, the CPU/gloo test's worker, on cuda).
 # 4. benchmarks/step_overhead.py (float32 and bfloat16 state: ratio to fused Adam and to the
 #    bandwidth limit) and benchmarks/meta_throughput.py with --device cuda.  On CUDA the
-#    step uses the fused Triton kernel (optim/triton_step.py) where Triton is installed.
+#    step uses the fused Triton kernel (nets/lstm_triton.py) where Triton is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES="${SIZES:-1M,10M,100M}"

@@ -34,8 +34,8 @@ from typing import Any, Optional, Sequence, get_args
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import AverageOver, Layout
+from l2l_lightning.errors import ConfigError, check_choice
+from l2l_lightning.nets.layout import AverageOver, Layout
 from l2l_lightning.nets.kernel import FusedStep, PureForm, Rows
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.nets.lstm_kernel import LSTMKernel
@@ -68,10 +68,7 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
                 f"GlobalAveragingLSTM: global_cells={global_cells!r} must be an integer from 1 to "
                 f"hidden_size={hidden_size} (the cells of each layer that are averaged)"
             )
-        if average_over not in get_args(AverageOver):
-            raise ConfigError(
-                f"GlobalAveragingLSTM: average_over={average_over!r}; allowed: {', '.join(map(repr, get_args(AverageOver)))}"
-            )
+        check_choice("GlobalAveragingLSTM: average_over", average_over, get_args(AverageOver))
         self.global_cells = global_cells
         self.average_over = average_over
         self._groups: dict[tuple[Layout, torch.device], tuple[Tensor, Tensor, int]] = {}

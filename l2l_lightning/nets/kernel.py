@@ -22,7 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from l2l_lightning.nets.base import Layout
+from l2l_lightning.nets.layout import Layout
 
 #: Where a chunk's rows come from: ``(segment index, start in the segment, row in the chunk, length)``
 #: per piece (a chunk may pack pieces of several small tensors).

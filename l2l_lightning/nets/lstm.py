@@ -32,8 +32,9 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from l2l_lightning.errors import ConfigError, check_positive_int
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, as_layout
+from l2l_lightning.errors import check_positive_float, check_positive_int
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.layout import Layout, as_layout
 from l2l_lightning.nets.lstm_kernel import LSTMKernel, cell, cell_, gate_weights, linear
 from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess
 from l2l_lightning.torch_compat import functorch_transforms_active
@@ -173,8 +174,7 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
             check_positive_int(name, value)
         check_preprocess(preprocess, p)
-        if not (isinstance(output_scale, (int, float)) and math.isfinite(output_scale) and output_scale > 0):
-            raise ConfigError(f"output_scale={output_scale!r} must be a positive finite number")
+        check_positive_float("output_scale", output_scale)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.preprocess = preprocess

@@ -20,18 +20,30 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional, Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from l2l_lightning.nets.base import Layout
+from l2l_lightning.nets.layout import Layout
 from l2l_lightning.nets.kernel import ChunkKernel, FusedStep, PureForm, Rows
 from l2l_lightning.nets.preprocessing import num_features, preprocess, preprocess_into
 from l2l_lightning.torch_compat import onednn_linear
 
-if TYPE_CHECKING:
-    from l2l_lightning.nets.lstm import CoordinatewiseLSTM
+
+class LSTMNet(Protocol):
+    """What the kernel reads of a :class:`~l2l_lightning.nets.CoordinatewiseLSTM`: its settings and weights
+    (each cell's ``weight`` on ``[input, h]`` and ``bias``, gates i, f, g, o; the linear ``output``)."""
+
+    hidden_size: int
+    num_layers: int
+    preprocess: str
+    p: float
+    output_scale: float
+    cells: nn.ModuleList
+    output: nn.Linear
+
+    def state_shape(self, n: int) -> tuple[int, ...]: ...
 
 
 #: Use oneDNN (``torch.ops.mkldnn._linear_pointwise``) for the cell's float32 matrix products
@@ -114,7 +126,7 @@ class LSTMKernel(ChunkKernel):
 
     coordinate_dim = 2
 
-    def __init__(self, net: "CoordinatewiseLSTM", dtype: torch.dtype, device: torch.device) -> None:
+    def __init__(self, net: LSTMNet, dtype: torch.dtype, device: torch.device) -> None:
         self.net, self.dtype = net, dtype
         self.layout: Optional[Layout] = None
         to = functools.partial(Tensor.to, device=device, dtype=dtype)
@@ -166,9 +178,13 @@ class LSTMKernel(ChunkKernel):
         """The Triton form of this kernel (:mod:`l2l_lightning.nets.lstm_triton`) where it applies (float32 maths)."""
         from l2l_lightning.nets import lstm_triton  # imports Triton: only when a step asks for it
 
-        if self.dtype != torch.float32 or not lstm_triton.available(self.net.num_layers, device):
+        net = self.net
+        if self.dtype != torch.float32 or not lstm_triton.available(net.num_layers, device):
             return None
-        return lstm_triton.TritonLSTMStep(self.net, device)
+        weights, biases = [cell.weight for cell in net.cells], [cell.bias for cell in net.cells]
+        return lstm_triton.TritonLSTMStep(
+            weights, biases, net.output.weight, net.output.bias, net.preprocess, net.p, net.output_scale, device
+        )
 
 
 def chunk(

@@ -30,15 +30,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
 from l2l_lightning.nets.kernel import FusedStepUnavailable
-
-if TYPE_CHECKING:
-    from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 
 try:  # Triton ships with CUDA builds of torch; without it the eager runtime is used
     import triton
@@ -175,23 +172,32 @@ if triton is not None:
 
 
 class TritonLSTMStep:
-    """The fused step for one :class:`~l2l_lightning.nets.CoordinatewiseLSTM` on one device (weights packed once)."""
+    """The fused step of one :class:`~l2l_lightning.nets.CoordinatewiseLSTM` on one device (weights packed once).
 
-    def __init__(self, net: "CoordinatewiseLSTM", device: torch.device) -> None:
+    Args:
+        weights, biases: each layer's ``[input, h]`` weight ``(4H, F + H)`` and bias ``(4H,)`` (gates i, f, g, o).
+        output_weight, output_bias: the linear output ``(1, H)``, ``(1,)``.
+        preprocess, p, output_scale: the net's settings of those names.
+    """
+
+    def __init__(
+        self, weights: Sequence[Tensor], biases: Sequence[Tensor], output_weight: Tensor, output_bias: Tensor,
+        preprocess: str, p: float, output_scale: float, device: torch.device,
+    ) -> None:  # fmt: skip
         to = dict(device=device, dtype=torch.float32)
-        hidden, layers = net.hidden_size, net.num_layers
-        self.net, self.hidden, self.layers = net, hidden, layers
-        self.features = net.cells[0].weight.shape[1] - hidden
-        self.w0x = net.cells[0].weight[:, : self.features].detach().to(**to).contiguous()
-        self.wh = torch.stack([cell.weight[:, -hidden:].detach() for cell in net.cells]).to(**to).contiguous()
-        rest = [cell.weight[:, :hidden].detach() for cell in net.cells[1:]]
+        hidden = biases[0].shape[0] // 4
+        self.hidden, self.layers = hidden, len(weights)
+        self.preprocess, self.p, self.output_scale = preprocess, float(p), float(output_scale)
+        self.features = weights[0].shape[1] - hidden
+        self.w0x = weights[0][:, : self.features].detach().to(**to).contiguous()
+        self.wh = torch.stack([w[:, -hidden:].detach() for w in weights]).to(**to).contiguous()
+        rest = [w[:, :hidden].detach() for w in weights[1:]]
         self.wx = (torch.stack(rest) if rest else torch.zeros(1, 4 * hidden, hidden)).to(**to).contiguous()
-        self.b = torch.stack([cell.bias.detach() for cell in net.cells]).to(**to).contiguous()
-        self.wo = net.output.weight.detach().reshape(-1).to(**to).contiguous()
-        self.bo = float(net.output.bias.detach().item())
+        self.b = torch.stack([b.detach() for b in biases]).to(**to).contiguous()
+        self.wo = output_weight.detach().reshape(-1).to(**to).contiguous()
+        self.bo = float(output_bias.detach().item())
 
     def __call__(self, grad: Tensor, states: Sequence[Tensor], out: Tensor, keep: Optional[Tensor]) -> Tensor:
-        net = self.net
         keep_arg = keep if keep is not None else out  # unused when HAS_KEEP is false
         offset, launched = 0, False
         for state in states:
@@ -203,13 +209,13 @@ class TritonLSTMStep:
                 launch = _lstm_step_kernel[grid]
                 args = (
                     grad[offset : offset + n], state, out[offset : offset + n], keep_arg,
-                    self.w0x, self.wx, self.wh, self.b, self.wo, self.bo, float(net.output_scale), float(net.p),
-                    math.exp(net.p), float(torch.finfo(grad.dtype).eps), n, state.stride(0), state.stride(1),
+                    self.w0x, self.wx, self.wh, self.b, self.wo, self.bo, self.output_scale, self.p,
+                    math.exp(self.p), float(torch.finfo(grad.dtype).eps), n, state.stride(0), state.stride(1),
                     state.stride(2),
                 )  # fmt: skip
                 constants = dict(
                     H=self.hidden, HP=max(16, triton.next_power_of_2(self.hidden)), F=self.features,
-                    PRE=_PREPROCESS[net.preprocess], HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
+                    PRE=_PREPROCESS[self.preprocess], HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
                 )  # fmt: skip
                 if launched:
                     launch(*args, **constants)

@@ -29,7 +29,8 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, RouteParts, Segment
+from l2l_lightning.nets.base import LearnedOptimizerNet, RouteParts
+from l2l_lightning.nets.layout import Layout, Segment
 from l2l_lightning.torch_compat import tree_map
 
 NetOrSpec = Union[nn.Module, Mapping[str, Any]]

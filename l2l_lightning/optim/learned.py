@@ -85,7 +85,8 @@ from torch import Tensor, nn
 from torch.optim import Optimizer
 
 from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError, check_choice
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.layout import Layout, Segment
 from l2l_lightning.optim import sharded
 from l2l_lightning.optim.pretrained import load_net
 from l2l_lightning.optim.routing import GroupRouting, param_routes

@@ -17,7 +17,8 @@ from typing import Any, Optional
 from torch import nn
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment, owner_types
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.layout import Layout, Segment, owner_types
 from l2l_lightning.optim import sharded
 
 #: A param group as ``torch.optim.Optimizer`` keeps it (``"params"`` and the group's settings).

@@ -47,8 +47,9 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.errors import ConfigError, check_positive_int
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment, as_layout
+from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.kernel import ChunkKernel, FusedStepUnavailable, Rows
+from l2l_lightning.nets.layout import Layout, Segment, as_layout
 
 #: Rows per chunk, by device type.  On CPU a chunk's gate activations stay in L2/L3; on
 #: GPUs a chunk only has to be big enough to fill the device.

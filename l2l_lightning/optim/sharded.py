@@ -149,7 +149,7 @@ def coordinate_dims(net: Any, layout: Any) -> list[int]:
     Found by asking the net for the states of one coordinate more (the dimension that grows), so
     it holds for any net and for routed nets whose member nets lay their states out differently.
     """
-    from l2l_lightning.nets.base import Layout
+    from l2l_lightning.nets.layout import Layout
 
     grown = Layout(dataclasses.replace(s, shape=(s.numel + 1,)) for s in layout)
     dims = []

@@ -22,7 +22,6 @@ the form ``torch.distributed.checkpoint`` needs for sharded (FSDP2) parameters
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass
 from itertools import chain
@@ -31,7 +30,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import CheckpointError, ConfigError, check_choice
+from l2l_lightning.errors import CheckpointError, ConfigError, check_choice, check_nonnegative_float
 from l2l_lightning.optim import sharded
 from l2l_lightning.serialization import NET_KEY
 
@@ -59,8 +58,7 @@ def state_dtype_name(value: Union[str, torch.dtype]) -> str:
 def check_lr(lr: Any) -> None:
     """Refuse an ``lr`` that is not a finite number ``>= 0`` (a one-element tensor counts as its value)."""
     value = lr.item() if isinstance(lr, Tensor) and lr.numel() == 1 else lr
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
-        raise ConfigError(f"lr={lr!r} must be a finite non-negative number (it multiplies the learned update)")
+    check_nonnegative_float("lr", value, " (it multiplies the learned update)")
 
 
 def check_group_lrs(param_groups: list[dict[str, Any]]) -> None:

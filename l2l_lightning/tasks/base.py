@@ -30,7 +30,7 @@ from l2l_lightning.torch_compat import tree_map
 
 from l2l_lightning.data.datasets import Split
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import Layout
+from l2l_lightning.nets.layout import Layout
 
 
 

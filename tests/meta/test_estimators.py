@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, QuadraticTask
-from l2l_lightning.meta.estimators import PES, Truncation, TruncatedBPTT
+from l2l_lightning.meta.estimators import PES, OuterEstimator, Truncation, TruncatedBPTT
 from l2l_lightning.meta.unroll import bind, unroll
 from tests.conftest import fit_tiny, tiny_learner, tiny_trainer
 
@@ -81,6 +81,23 @@ def test_pes_settings_that_cannot_work_are_config_errors(kwargs, match):
 def test_second_derivatives_with_pes_is_a_config_error():
     with pytest.raises(ConfigError, match="second_derivatives=true only applies to an estimator that differentiates through the unroll"):
         tiny_learner(estimator=PES(num_particles=2), second_derivatives=True)
+
+
+def test_what_an_estimator_may_be_given_follows_what_it_declares_not_its_class():
+    class MyBPTT(OuterEstimator):  # a new estimator, not a TruncatedBPTT subclass
+        differentiates_through_unroll = True
+
+        def truncation(self, run: Truncation):
+            return TruncatedBPTT().truncation(run)
+
+    class Blind(MyBPTT):
+        differentiates_through_unroll = False
+
+    assert tiny_learner(estimator=MyBPTT(), second_derivatives=True, imitation={"teacher": "adam", "lr": 0.01}).second_derivatives
+    with pytest.raises(ConfigError, match="Blind never does"):
+        tiny_learner(estimator=Blind(), second_derivatives=True)
+    with pytest.raises(ConfigError, match="imitation needs an estimator that differentiates"):
+        tiny_learner(estimator=Blind(), imitation={"teacher": "adam", "lr": 0.01})
 
 
 def test_pes_meta_trains_and_changes_the_weights(tmp_path):
