@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh            # from anywhere; installs nothing
 #   SIZES=1M,10M bash benchmarks/gpu_check.sh
 #
-# 1. CUDA vs CPU (float32, TF32 off): CoordinatewiseLSTM.step_inplace (eager and
+# 1. CUDA vs CPU (float32, TF32 off): the runtime's step_inplace (eager and
 #    torch.compile), LSTM+GAC over several tensors (eager), LearnedOptimizer over several
 #    steps (float32 and bfloat16 states),
 #    and the meta-training unroll (losses and meta-gradients).  Each row prints the max
@@ -34,7 +34,7 @@ from torch import nn
 from l2l_lightning import CoordinatewiseLSTM, LearnedOptimizer, QuadraticTask, unroll
 from l2l_lightning.nets import GlobalAveragingLSTM, Layout, Segment
 from l2l_lightning.optim import SkippedStepWarning
-from l2l_lightning.optim.runtime import StepOptions
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
 
 if not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA device visible to torch")
@@ -64,10 +64,10 @@ for preprocess in ("none", "log_sign", "clamped"):
         g = torch.randn(n) * torch.exp(torch.randn(n) * 3) * 1e-3
         state = torch.randn(net.state_shape(n)) * 0.5
         cpu_state = state.clone()
-        cpu = net.step_inplace(g, cpu_state)
+        cpu = step_inplace(net, g, cpu_state)
         for compile in (False, True):
             gpu_state = state.to("cuda", copy=True)
-            gpu = net.cuda().step_inplace(g.cuda(), gpu_state, options=StepOptions(compile=compile))
+            gpu = step_inplace(net.cuda(), g.cuda(), gpu_state, options=StepOptions(compile=compile))
             net.cpu()
             tag = "compiled" if compile else "eager"
             record(f"step_inplace {preprocess} n={n} {tag}: update", rel(gpu, cpu), 1e-5)
@@ -82,9 +82,9 @@ for average_over in ("optimizee", "tensor"):
     g = torch.randn(layout.numel) * 1e-3
     states = [torch.randn(net.state_shape(size)) * 0.5 for size in layout.sizes]
     cpu_states = [s.clone() for s in states]
-    cpu = net.step_inplace(g, cpu_states, layout)
+    cpu = step_inplace(net, g, cpu_states, layout)
     gpu_states = [s.to("cuda", copy=True) for s in states]
-    gpu = net.cuda().step_inplace(g.cuda(), gpu_states, layout)
+    gpu = step_inplace(net.cuda(), g.cuda(), gpu_states, layout)
     net.cpu()
     record(f"GAC step_inplace ({average_over}): update", rel(gpu, cpu), 1e-5)
     record(f"GAC step_inplace ({average_over}): state", rel(torch.cat(gpu_states, 2), torch.cat(cpu_states, 2)), 1e-5)

@@ -158,7 +158,7 @@ class LearnedOptimizer(Optimizer):
             parameters are given unnamed): it names each parameter and its module type.
             Instead, a parameter group may name its route itself: ``{"params": ..., "route": "conv"}``.
         fused: run the net's single-kernel step (the LSTM's Triton kernel: every state read and
-            written once, bfloat16 states moved as bfloat16; ``l2l_lightning.optim.triton_step``):
+            written once, bfloat16 states moved as bfloat16; ``l2l_lightning.nets.lstm_triton``):
             ``"auto"`` (default: wherever it is available, i.e. CUDA with Triton for the 2-layer
             LSTM; it then takes the place of ``compile``), ``True`` (required) or ``False``.
 
