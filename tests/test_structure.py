@@ -24,3 +24,56 @@ def test_files_and_functions_stay_small():
     assert lines["l2l_lightning/optim/learned.py"] <= 500
     longest, name = structure.functions(ROOT)[0]
     assert longest <= 80, f"{name} has {longest} lines; split it"
+
+
+def _room(frame) -> str:
+    name = frame.f_globals.get("__name__", "")
+    parts = name.split(".")
+    return parts[1] if parts[0] == "l2l_lightning" and len(parts) > 2 else ""
+
+
+def _deepest_walks(step) -> set[tuple[str, ...]]:
+    """Every chain of ``optim``/``nets`` rooms on the call stack while ``step()`` runs (repeats folded)."""
+    import sys
+    import threading
+
+    walks: set[tuple[str, ...]] = set()
+
+    def profile(frame, event, arg):
+        if event != "call":
+            return
+        rooms: list[str] = []
+        while frame is not None:
+            room = _room(frame)
+            if room in ("optim", "nets") and (not rooms or rooms[-1] != room):
+                rooms.append(room)
+            frame = frame.f_back
+        walks.add(tuple(reversed(rooms)))
+
+    sys.setprofile(profile)
+    threading.setprofile(profile)
+    try:
+        step()
+    finally:
+        sys.setprofile(None)
+        threading.setprofile(None)
+    return walks
+
+
+def test_the_deployment_walk_goes_down_to_the_maths_once_and_comes_back():
+    """From ``LearnedOptimizer.step()`` to the net's maths and back crosses optim/nets once each way:
+    no stack ever reads optim -> nets -> optim (a net calling back into deployment)."""
+    import torch
+    from torch import nn
+
+    from l2l_lightning import CoordinatewiseLSTM, GlobalAveragingLSTM, LearnedOptimizer, RoutedNets
+
+    model = nn.Sequential(nn.Linear(30, 20), nn.Tanh(), nn.Linear(20, 3))
+    routed = RoutedNets({"a": CoordinatewiseLSTM(hidden_size=4), "b": GlobalAveragingLSTM(hidden_size=4, global_cells=2)},
+                        {"a": ["0.*"], "b": ["2.*"]})
+    for net in (CoordinatewiseLSTM(hidden_size=4), routed):
+        optimizer = LearnedOptimizer(model.parameters(), checkpoint=net, module=model, chunk_size=64)
+        model(torch.randn(8, 30)).square().mean().backward()
+        walks = _deepest_walks(optimizer.step)
+        assert ("optim", "nets") in walks, "the walk never reached the net's maths"
+        assert all(len(walk) <= 2 and walk[:1] != ("nets",) for walk in walks if walk), sorted(walks)

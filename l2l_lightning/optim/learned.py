@@ -288,7 +288,7 @@ class LearnedOptimizer(Optimizer):
                 by_key.setdefault((grad.device, grad.dtype), []).append((p, group, segment))
         buckets = []
         for (device, dtype), members in by_key.items():
-            layout = Layout(segment for *_, segment in members)
+            layout = Layout([segment for *_, segment in members])
             net = self._bound_net(device, dtype, layout)
             params = [p for p, *_ in members]
             for p, shape in zip(params, net.segment_state_shapes(layout)):

@@ -47,10 +47,10 @@ class GroupRouting:
         if named:
             names, owners = self._names_of(group)
         routes = group.get("param_routes") or [group.get("route")] * len(group["params"])
-        return Layout(
+        return Layout([
             Segment(name or f"<unnamed parameter #{i}>", tuple(sharded.local(p).shape), owners.get(name or "", ()), route=route)
             for i, (p, name, route) in enumerate(zip(group["params"], names, routes))
-        )
+        ])  # fmt: skip
 
     def route(self, group: ParamGroup) -> None:
         """Decide which net steps each parameter of ``group`` (``group["param_routes"]``), if the net routes.
@@ -75,7 +75,7 @@ class GroupRouting:
         """A routing pattern that matches none of the parameters is a typo: refuse it (the net decides)."""
         routed = [g for g in groups if g["route"] is None and "param_routes" in g]
         if routed:
-            given = Layout(s for g in routed for s in self.layout({**g, "param_routes": None}, True))
+            given = Layout([s for g in routed for s in self.layout({**g, "param_routes": None}, True)])
             # with the module, a pattern may match parameters that other optimizers (or later groups) step
             self.net.routes_of(given, whole=Layout.of_module(self.module) if self.module is not None else None)
 

@@ -194,7 +194,7 @@ def _checked(
     elif layout is None:
         dim = net.coordinate_dim
         layout = Layout.flat(grad.shape[0]) if len(states) == 1 else Layout(
-            Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states)
+            [Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states)]
         )
     layout = as_layout(layout)
     layout.check(grad)

@@ -151,7 +151,7 @@ def coordinate_dims(net: Any, layout: Any) -> list[int]:
     """
     from l2l_lightning.nets.layout import Layout
 
-    grown = Layout(dataclasses.replace(s, shape=(s.numel + 1,)) for s in layout)
+    grown = Layout([dataclasses.replace(s, shape=(s.numel + 1,)) for s in layout])
     dims = []
     for a, b in zip(net.bind(layout).segment_state_shapes(layout), net.bind(grown).segment_state_shapes(grown)):
         changed = [d for d, (x, y) in enumerate(zip(a, b)) if x != y]
