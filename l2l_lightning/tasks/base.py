@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -204,17 +204,21 @@ class ScaledProblem(Problem):
     generalization and longer horizons"): the optimizee follows the same trajectory in
     ``c ⊙ θ``, but its gradients are scaled by ``c`` and its parameters by ``1/c``, so an
     optimizer meta-trained on many ``c`` cannot rely on the scale of one task's gradients.
+    With ``c`` constant over each tensor this is Celo2's reparametrisation augmentation.
+    ``loss_scale`` (one factor per optimizee) also multiplies each optimizee's loss, so
+    the net cannot rely on one loss scale either.
     """
 
-    def __init__(self, problem: Problem, scale: Tensor) -> None:
-        self.problem, self.scale = problem, scale
+    def __init__(self, problem: Problem, scale: Tensor, loss_scale: Optional[Tensor] = None) -> None:
+        self.problem, self.scale, self.loss_scale = problem, scale, loss_scale
         self.num_optimizees = problem.num_optimizees
 
     def initial_params(self) -> Tensor:
         return self.problem.initial_params() / self.scale
 
     def loss(self, theta: Tensor, step: int) -> Tensor:
-        return self.problem.loss(theta * self.scale, step)
+        loss = self.problem.loss(theta * self.scale, step)
+        return loss if self.loss_scale is None else loss * self.loss_scale
 
     @property
     def layout(self) -> Layout:

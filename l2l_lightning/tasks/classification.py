@@ -72,12 +72,12 @@ def draw_params(module: nn.Module, init_std: Optional[float], generator: torch.G
 
     Weights and biases ~ N(0, init_std²) (the authors' code: 0.01), or with
     ``init_std=None`` PyTorch's default ``U(±1/√fan_in)``.  Batch norm starts as the
-    identity (scale 1, shift 0), as in PyTorch and the authors' code.
+    identity (scale 1, shift 0), as in PyTorch and the authors' code; so does layer norm.
     """
     params = {}
     for prefix, layer in module.named_modules():
         for name, param in layer.named_parameters(recurse=False):
-            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d)):
+            if isinstance(layer, (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)):
                 value = torch.ones(param.shape) if name == "weight" else torch.zeros(param.shape)
             elif init_std is None:
                 bound = 1.0 / math.sqrt(layer.weight[0].numel())
