@@ -35,6 +35,7 @@ _EXPORTS: dict[str, str] = {
     "RoutedNets": "l2l_lightning.nets",
     "Segment": "l2l_lightning.nets",
     "Task": "l2l_lightning.tasks",
+    "TaskMixture": "l2l_lightning.tasks",
     "UnsupportedGradientError": "l2l_lightning.errors",
     "evaluate_learned": "l2l_lightning.meta.unroll",
     "unroll": "l2l_lightning.meta.unroll",
@@ -64,4 +65,6 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     from l2l_lightning.nets import CoordinatewiseLSTM, GlobalAveragingLSTM, Layout, LearnedOptimizerNet, RoutedNets, Segment
     from l2l_lightning.optim.callback import LearnedOptimizerCallback
     from l2l_lightning.optim.learned import LearnedOptimizer
-    from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, NeuralArtTask, Problem, QuadraticTask, Task
+    from l2l_lightning.tasks import (
+        CIFAR10Task, MNISTTask, ModuleProblem, NeuralArtTask, Problem, QuadraticTask, Task, TaskMixture,
+    )

@@ -3,6 +3,7 @@
 from l2l_lightning.tasks.base import ModuleProblem, Problem, Split, StackedModuleProblem, Task
 from l2l_lightning.tasks.cifar import CIFAR10Task
 from l2l_lightning.tasks.classification import ImageClassificationTask
+from l2l_lightning.tasks.mixture import TaskMixture
 from l2l_lightning.tasks.mnist import MNISTTask
 from l2l_lightning.tasks.neural_art import NeuralArtProblem, NeuralArtTask
 from l2l_lightning.tasks.quadratic import QuadraticProblem, QuadraticTask
@@ -20,4 +21,5 @@ __all__ = [
     "Split",
     "StackedModuleProblem",
     "Task",
+    "TaskMixture",
 ]

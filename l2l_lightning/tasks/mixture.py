@@ -118,6 +118,11 @@ class MLPFamily(Family):
 
     def batches(self, choice: Choice, split: Split, device: str, seed: int) -> Callable[[int], Any]:
         data = fashion_mnist(self.mixture.fashion_root, split, choice["image_sizes"], self.mixture.val_size, device)
+        if data.labels.numel() < choice["batch_size"]:
+            raise ConfigError(
+                f"TaskMixture: {self.name}.batch_size={choice['batch_size']} exceeds the {data.labels.numel()} images "
+                f"of Fashion-MNIST's {split} split under {self.mixture.fashion_root}"
+            )
         return Minibatches(data, choice["batch_size"], seed)
 
 

@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Meta-training throughput on the task mixture: inner steps/s of ``l2l fit --config configs/general.yaml``.
+
+    python benchmarks/mixture_throughput.py                          # the config as it is, 40 truncations
+    python benchmarks/mixture_throughput.py --truncations 80 --per-family
+    python benchmarks/mixture_throughput.py --estimator tbptt         # truncated BPTT instead of PES
+
+What is timed is the real thing: the config is read by the ``l2l`` command's own parser and the
+``MetaLearner`` runs under a Lightning ``Trainer`` (no validation, no checkpoints, no logger), so a
+timed truncation is exactly a meta-training step: a fresh mixture draw when the last problem lived its
+horizon, PES's particles and central run (or BPTT's forward and backward), and the meta-optimizer step.
+Only the horizon is shortened (``--horizon``, default 50 = 2 truncations per problem), so that a short
+measurement sees many draws of the mixture; the cost of an inner step does not depend on the horizon,
+and drawing a problem (a few ms; the datasets are read once, before timing) is counted.
+
+Reported: inner steps/s of the carried optimizees (what ``num_steps`` counts), the same times the
+forward unrolls each step costs (PES: particles + 1), the seconds per 1,000-step trajectory and the
+CPU-hours of the config's whole run extrapolated from them (validation and test excluded, said so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+from l2l_lightning.cli import L2LCLI  # noqa: E402
+from l2l_lightning.meta.module import MetaLearner  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Clock(L.Callback):
+    """Wall-clock seconds of every training batch (one truncation), skipping the first ``warmup``."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.seconds, self._start = warmup, [], 0.0
+
+    def on_train_batch_start(self, trainer: L.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+        if trainer.global_step > self.warmup:
+            self.seconds.append(time.perf_counter() - self._start)
+
+
+def measure(config: str, overrides: list[str], truncations: int, warmup: int) -> tuple[MetaLearner, float]:
+    """The model and its mean seconds per truncation: the total time of the timed ones over their count
+    (a mean, not a median: the slow truncations on big draws are part of the cost)."""
+    args = [
+        "--config", config, "--trainer.logger", "false", "--trainer.enable_checkpointing", "false",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.limit_val_batches", "0", "--trainer.max_steps", str(truncations + warmup), *overrides,
+    ]  # fmt: skip
+    argv, sys.argv = sys.argv, sys.argv[:1]  # this script's own flags are not the CLI's
+    try:
+        cli = L2LCLI(MetaLearner, run=False, args=args, save_config_kwargs={"overwrite": True})
+    finally:
+        sys.argv = argv
+    clock = Clock(warmup)
+    cli.trainer.callbacks.append(clock)
+    cli.trainer.fit(cli.model)
+    return cli.model, sum(clock.seconds) / len(clock.seconds)
+
+
+def main(argv: list[str] | None = None) -> str:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=str(ROOT / "configs" / "general.yaml"))
+    parser.add_argument("--truncations", type=int, default=40, help="timed truncations")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed truncations first")
+    parser.add_argument("--horizon", type=int, default=50, help="inner steps per problem while measuring")
+    parser.add_argument("--estimator", choices=("config", "tbptt"), default="config")
+    parser.add_argument("--per-family", action="store_true", help="also time each family alone")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    threads = common.setup_threads(args.threads)
+    where = common.machine()
+    base = ["--model.num_steps", str(args.horizon), "--model.threads", str(threads)]
+    if args.estimator == "tbptt":
+        base += ["--model.estimator", "l2l_lightning.meta.estimators.TruncatedBPTT"]
+    runs = {"mixture (the config's weights)": []}
+    if args.per_family:
+        for family in ("mlp", "cnn", "transformer", "photo_autoencoder"):
+            runs[family] = ["--model.task.init_args.families", f"{{{family}: {{}}}}"]
+    rows, full = [], None
+    for name, overrides in runs.items():
+        model, seconds = measure(args.config, base + overrides, args.truncations, args.warmup)
+        particles = getattr(model.estimator, "num_particles", 0)
+        unrolls = particles + 1 if particles else 1
+        steps_per_s = model.unroll / seconds
+        rows.append([name, model.unroll, unrolls, f"**{steps_per_s:.1f}**", f"{steps_per_s * unrolls:.0f}", f"{1000 / steps_per_s:.0f}"])
+        full = full or (model, steps_per_s)
+    model, steps_per_s = full
+    trainer_steps = model.truncations_per_epoch * model.trainer.max_epochs if model.trainer.max_epochs else None
+    header = ["problems", "unroll", "forward unrolls / truncation", "inner steps/s", "unroll-steps/s", "s per 1,000-step trajectory"]
+    title = f"mixture_throughput — {args.config}, {threads} thread(s), {args.truncations} timed truncations, horizon {args.horizon}"
+    out = common.report(title, where, header, rows)
+    if trainer_steps:
+        hours = trainer_steps * model.unroll / steps_per_s / 3600
+        out += (
+            f"\nThe config's run: {trainer_steps:,} truncations × {model.unroll} inner steps at {steps_per_s:.1f} inner "
+            f"steps/s ≈ {hours:.1f} h on {threads} thread(s), training alone (validation and test not included).\n"
+        )
+    print(out)
+    return out
+
+
+if __name__ == "__main__":
+    main()
