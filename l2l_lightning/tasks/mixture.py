@@ -22,7 +22,10 @@ Every choice comes from the draw's generator, so a draw is a pure function of th
 state: validation draws are fixed by their seeds, and a resumed run draws the very problem it
 stopped in (:class:`~l2l_lightning.meta.stream.ProblemStream`).  Problems differ in size from
 draw to draw; the stream binds the net to each problem's layout and starts its state afresh,
-which is all a coordinatewise optimizer needs.
+which is all a coordinatewise optimizer needs.  That is why the mixture is a :class:`Task` and not
+a feature of the stream (as ``docs/design.md`` first placed it): the stream's resume re-draws the
+current problem from the stored generator state, which covers the family and its settings for
+free, and ``l2l compare`` and validation get mixture draws through the same ``Task.sample``.
 
 The default settings avoid the exact models of ``l2l bench``'s held-out suite (its MLP widths
 32, 48, 64 and 96, its [8, 16]-channel convnets, its 32-wide two-layer transformer, its
