@@ -112,7 +112,13 @@ def _check_setting(family: str, key: str, value: Any) -> Any:
 class MLPFamily(Family):
     """Fully connected classifiers of Fashion-MNIST at several resolutions (Celo2's tasks are 8×8 MLPs)."""
 
-    defaults = {"widths": [16, 24, 40, 80, 128], "depths": [1, 2, 3], "activations": list(ACTIVATIONS), "image_sizes": [8, 14, 28], "batch_size": 64}
+    defaults = {
+        "widths": [16, 24, 40, 80, 128],
+        "depths": [1, 2, 3],
+        "activations": list(ACTIVATIONS),
+        "image_sizes": [8, 14, 28],
+        "batch_size": 64,
+    }
     loss_fn = staticmethod(cross_entropy)
 
     def build(self, choice: Choice) -> nn.Module:
@@ -133,6 +139,12 @@ class CNNFamily(MLPFamily):
     """Two-layer convnets (``channels``, then twice as many) on Fashion-MNIST at 14×14 or 28×28."""
 
     defaults = {"channels": [4, 6, 12], "image_sizes": [14, 28], "batch_size": 32}
+
+    def __init__(self, name: str, settings: dict[str, Any], mixture: "TaskMixture") -> None:
+        super().__init__(name, settings, mixture)
+        sizes = self.settings["image_sizes"]
+        if min(sizes if isinstance(sizes, list) else [sizes]) < 4:
+            raise ConfigError(f"TaskMixture: {name}.image_sizes={sizes!r}: two 2×2 poolings need images of at least 4 pixels")
 
     def build(self, choice: Choice) -> nn.Module:
         return ConvNet([choice["channels"], 2 * choice["channels"]], choice["image_sizes"])

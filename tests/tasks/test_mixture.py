@@ -92,6 +92,7 @@ def test_reparametrisation_keeps_the_function_and_changes_the_scales(roots):
         (dict(families={"mlp": {"activations": ["swish"]}}), "'swish'; allowed"),
         (dict(families={"cnn": {"channels": []}}), "cnn.channels=[] must list"),
         (dict(optimizees_per_draw=0), "optimizees_per_draw"),
+        (dict(families={"cnn": {"image_sizes": [2]}}), "two 2×2 poolings need images of at least 4 pixels"),
     ],
 )
 def test_bad_mixtures_are_refused(roots, overrides, message):
