@@ -73,7 +73,7 @@ def _draw(task: Task, count: int, seed: int, split: Split, device: str) -> list[
     return [task.sample(torch.Generator().manual_seed(seed + i), device, split=split) for i in range(count)]
 
 
-def _labelled(spec: str) -> tuple[str, str]:
+def labelled(spec: str) -> tuple[str, str]:
     """``"label=spec"`` or ``"spec"`` -> ``(label, spec)``; a path is labelled by its file stem."""
     label, sep, rest = spec.partition("=")
     if sep and label and os.sep not in label:
@@ -137,7 +137,7 @@ def compare(
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
     nets = {}
     for entry in learned:
-        label, spec = _labelled(entry)
+        label, spec = labelled(entry)
         nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
