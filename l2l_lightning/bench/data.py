@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from l2l_lightning.data.datasets import DEFAULT_VAL_SIZE, load_images
 from l2l_lightning.errors import ConfigError, DatasetError, check_positive_int
 
 Batch = tuple[Any, Any]
@@ -30,11 +31,9 @@ class DataStream:
 
 
 @functools.lru_cache(maxsize=8)
-def _images(dataset: str, root: str, size: int) -> tuple[Tensor, Tensor]:
+def _images(dataset: str, root: str, size: int, val_size: int) -> tuple[Tensor, Tensor]:
     """Training images as float in ``[0, 1]``, ``(N, C, size, size)``, and labels; area-downsampled when smaller."""
-    from l2l_lightning.data.datasets import load_images
-
-    images, labels = load_images(dataset, root, "train")
+    images, labels = load_images(dataset, root, "train", val_size=val_size)
     images = images.float().div_(255)
     images = images.unsqueeze(1) if images.dim() == 3 else images
     if size != images.shape[-1]:
@@ -42,11 +41,18 @@ def _images(dataset: str, root: str, size: int) -> tuple[Tensor, Tensor]:
     return images, labels
 
 
+_INSTALL = {
+    "fashion_mnist": "`apt-get install dataset-fashion-mnist` installs Fashion-MNIST in /usr/share/datasets/fashion-mnist",
+    "cifar10": "unpack CIFAR-10's python version (cifar-10-python.tar.gz) there",
+}
+
+
 class ImageClassification(DataStream):
     """Minibatches of Fashion-MNIST (or CIFAR-10) training images, optionally downsampled to ``size``.
 
     ``target="labels"``: classification; ``target="images"``: the images themselves (autoencoders).
-    MNIST digits are refused: they are reserved for checks outside the project.
+    The batches come from the training split, less its last ``val_size`` images (the split the
+    rest of the package uses: :func:`~l2l_lightning.data.datasets.load_images`).  MNIST digits are refused: they are reserved for checks outside the project.
     """
 
     def __init__(
@@ -56,6 +62,7 @@ class ImageClassification(DataStream):
         size: int = 28,
         batch_size: int = 128,
         target: Literal["labels", "images"] = "labels",
+        val_size: int = DEFAULT_VAL_SIZE,
     ) -> None:
         if dataset == "mnist":
             raise ConfigError("dataset='mnist': MNIST digits are reserved for checks outside the project; use fashion_mnist")
@@ -64,7 +71,9 @@ class ImageClassification(DataStream):
         if target not in ("labels", "images"):
             raise ConfigError(f"target={target!r}; allowed: 'labels', 'images'")
         self.size, self.batch_size = check_positive_int("size", size), check_positive_int("batch_size", batch_size)
-        self.images, self.labels = _images(dataset, str(Path(root).expanduser().resolve()), size)
+        if not Path(root).expanduser().is_dir():
+            raise DatasetError(f"data folder {root} does not exist; {_INSTALL[dataset]}")
+        self.images, self.labels = _images(dataset, str(Path(root).expanduser().resolve()), size, val_size)
         self.target = target
 
     def batch(self, generator: torch.Generator) -> Batch:

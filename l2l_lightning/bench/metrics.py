@@ -30,7 +30,8 @@ def trailing_mean(curve: Sequence[float], k: int) -> np.ndarray:
     values = np.asarray(curve, dtype=float)
     sums = np.cumsum(values)
     out = sums.copy()
-    out[k:] = sums[k:] - sums[:-k]
+    with np.errstate(invalid="ignore"):  # after a divergence (NaN/inf) the mean is NaN, as it should be
+        out[k:] = sums[k:] - sums[:-k]
     return out / np.minimum(np.arange(1, len(values) + 1), k)
 
 

@@ -95,7 +95,7 @@ class BenchTask:
         try:
             built = cls(**copy.deepcopy(spec.get("init_args") or {}))
         except DatasetError as error:
-            raise DatasetError(f"task {self.name}: {error}") from None
+            raise DatasetError(f"task {self.name}: {' '.join(str(error).split())}") from None  # one line
         except L2LError as error:
             raise ConfigError(f"task {self.name}: {part} {spec['class_path']}: {error}") from None
         except Exception as error:  # noqa: BLE001  (any failure of a user's class is bad input, told in one line)
