@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Literal, Optional
 
 import torch
@@ -20,6 +22,8 @@ from l2l_lightning.errors import CheckpointError, ConfigError
 from l2l_lightning.meta.baselines import BASELINES
 
 Schedule = Literal["constant", "cosine"]
+#: ``package.module.Class``: a hand-designed optimizer; anything else is a learned one (name or file).
+_CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
 Factory = Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]
 
 #: ``l2l bench``'s baselines: name -> (``meta.baselines`` optimizer or ``"adamw"``, schedule); library defaults otherwise.
@@ -69,7 +73,7 @@ def contender(entry: str, grids: dict[str, list[float]], learned_lrs: list[float
     shipped rate 1.0 and at each of ``learned_lrs``.  :class:`ConfigError` naming it if it is neither.
     """
     label, spec = labelled(entry)
-    if spec.startswith("torch.optim.") or ("." in spec and not spec.endswith((".pt", ".ckpt")) and "/" not in spec):
+    if _CLASS_PATH.match(spec) and not Path(spec).is_file() and not spec.endswith((".pt", ".ckpt")):
         module, _, name = spec.rpartition(".")
         try:
             cls = getattr(importlib.import_module(module), name)

@@ -64,3 +64,14 @@ def test_the_cache_returns_a_run_and_ignores_another_versions_entry_with_a_note(
     assert notes == ["note: cached runs from l2l-lightning 0.0.1 are ignored (this is 0.0.2); they are run again"]
     new.put("task", "baseline:adam", "constant", 0.01, 0, run)
     assert new.get("task", "baseline:adam", "constant", 0.01, 0) == run
+
+
+def test_a_dotted_file_name_is_a_learned_optimizer_not_a_class_path(tmp_path, monkeypatch):
+    import shutil
+
+    from l2l_lightning.optim.pretrained import path_of
+
+    monkeypatch.chdir(tmp_path)
+    shutil.copy(path_of("quadratic"), tmp_path / "my.optimizer")
+    mine = contender("my.optimizer", DEFAULT_GRIDS, [])[0]
+    assert not mine.tuned and mine.identity == contender("quadratic", DEFAULT_GRIDS, [])[0].identity
