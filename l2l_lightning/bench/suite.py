@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -74,10 +74,17 @@ def _check_out_dir(out_dir: Optional[str]) -> None:
         raise ConfigError(f"out_dir {out_dir} is not writable ({error.strerror or error}); choose another --out_dir") from None
 
 
+def _names(value: Union[str, Sequence[str], None]) -> list[str]:
+    """``"a,b"`` or ``["a", "b"]`` -> ``["a", "b"]``: so that ``--tasks mlp_*`` works without list brackets."""
+    if value is None:
+        return []
+    return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+
+
 def bench(
-    optimizers: Sequence[str] = ("fashion_mnist",),
+    optimizers: Union[str, Sequence[str]] = ("fashion_mnist",),
     suite: Optional[str] = None,
-    tasks: Optional[list[str]] = None,
+    tasks: Union[str, list[str], None] = None,
     baselines: Sequence[str] = tuple(BENCH_BASELINES),
     grids: Optional[dict[str, list[float]]] = None,
     seeds: Sequence[int] = (0, 1),
@@ -94,9 +101,11 @@ def bench(
     Args:
         optimizers: what to benchmark: learned optimizers (a shipped name such as ``fashion_mnist``,
             an exported ``.pt`` or a ``MetaLearner`` ``.ckpt``) and ``torch.optim`` classes by path
-            (``torch.optim.RMSprop``: tuned on the ``torch`` grid); each optionally ``label=spec``.
+            (``torch.optim.RMSprop``: tuned on the ``torch`` grid); each optionally ``label=spec``;
+            a list, or one string separated by commas.
         suite: folder of task YAML files (default: the checkout's ``configs/bench``).
-        tasks: keep only tasks whose names match one of these shell patterns (``mlp_*``).
+        tasks: keep only tasks whose names match one of these shell patterns (``mlp_*``; a list,
+            or one string separated by commas).
         baselines: the tuned baselines, any of ``adam``, ``adam_cosine``, ``nag``, ``adamw``;
             the speedup needs ``adam`` and/or ``adam_cosine``.
         grids: learning-rate grid per baseline (and ``torch`` for class paths); missing keys take
@@ -110,6 +119,7 @@ def bench(
         no_cache: neither read nor write the cache.
     """
     started = time.perf_counter()
+    optimizers, tasks = _names(optimizers), _names(tasks) or None
     check_positive_int("bench: timing_steps", timing_steps)
     if not seeds:
         raise ConfigError("bench: seeds must name at least one seed")

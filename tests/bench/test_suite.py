@@ -89,7 +89,7 @@ def test_a_diverging_optimizer_is_flagged_and_the_bench_goes_on(tmp_path):
 
 
 def test_the_command_prints_the_table(tiny_suite, tmp_path, capsys):
-    main(["bench", "--quick", "--optimizers", "[neural_art]", "--suite", str(tiny_suite), "--tasks", "[lsq, m*]",
+    main(["bench", "--quick", "--optimizers", "[neural_art]", "--suite", str(tiny_suite), "--tasks", "lsq,m*",
           "--out_dir", str(tmp_path / "out"), "--cache_dir", str(tmp_path / "cache"), "--progress", "false"])  # fmt: skip
     printed = capsys.readouterr().out
     assert "lsq (30 steps; final loss = mean of the last k=2 steps" in printed and "mlp (30 steps" in printed
