@@ -61,7 +61,8 @@ class BenchResult:
     settings: dict
 
 
-def _check_out_dir(out_dir: Optional[str]) -> None:
+def _check_writable(out_dir: Optional[str], flag: str = "out_dir") -> None:
+    """Fail before any run, not after an hour of them, when results could not be written."""
     if out_dir is None:
         return
     path = Path(out_dir)
@@ -71,7 +72,7 @@ def _check_out_dir(out_dir: Optional[str]) -> None:
         probe.write_text("")
         probe.unlink()
     except OSError as error:
-        raise ConfigError(f"out_dir {out_dir} is not writable ({error.strerror or error}); choose another --out_dir") from None
+        raise ConfigError(f"{flag} {out_dir} is not writable ({error.strerror or error}); choose another --{flag}") from None
 
 
 def _names(value: Union[str, Sequence[str], None]) -> list[str]:
@@ -129,10 +130,10 @@ def bench(
     for name, grid in grids.items():
         if not grid or any(not lr > 0 for lr in grid):
             raise ConfigError(f"bench: grids[{name!r}]={grid!r} must be a non-empty list of positive rates")
-    _check_out_dir(out_dir)
+    _check_writable(out_dir)
     cache_folder = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     if cache_folder is not None:
-        _check_out_dir(str(cache_folder))
+        _check_writable(str(cache_folder), "cache_dir")
     suite_tasks = load_suite(suite or default_suite(), tasks)
     contenders = [baseline(name, grids) for name in baselines]
     for entry in optimizers:
