@@ -121,26 +121,13 @@ def bench(
     """
     started = time.perf_counter()
     optimizers, tasks = _names(optimizers), _names(tasks) or None
-    check_positive_int("bench: timing_steps", timing_steps)
-    if not seeds:
-        raise ConfigError("bench: seeds must name at least one seed")
-    if not any(b in ADAM_REFERENCE for b in baselines):
-        raise ConfigError(f"bench: baselines={list(baselines)} has no Adam ({' or '.join(ADAM_REFERENCE)}): the speedup is over tuned Adam")
-    grids = {**DEFAULT_GRIDS, **(grids or {})}
-    for name, grid in grids.items():
-        if not grid or any(not lr > 0 for lr in grid):
-            raise ConfigError(f"bench: grids[{name!r}]={grid!r} must be a non-empty list of positive rates")
+    grids = _check_settings(baselines, grids, seeds, timing_steps)
     _check_writable(out_dir)
     cache_folder = None if no_cache else Path(cache_dir) if cache_dir else default_cache_dir()
     if cache_folder is not None:
         _check_writable(str(cache_folder), "cache_dir")
     suite_tasks = load_suite(suite or default_suite(), tasks)
-    contenders = [baseline(name, grids) for name in baselines]
-    for entry in optimizers:
-        contenders += contender(entry, grids, list(learned_lrs))
-    labels = [c.label for c in contenders]
-    if len(set(labels)) != len(labels):
-        raise ConfigError(f"bench: two optimizers share a label in {labels}; label them as label=spec")
+    contenders = _contenders(baselines, optimizers, grids, learned_lrs)
     if quick:
         seeds = list(seeds)[:1]
         suite_tasks = [t.with_steps(min(t.steps, QUICK_STEPS)) for t in suite_tasks]
@@ -171,6 +158,35 @@ def bench(
 
         write_outputs(result, Path(out_dir))
     return result
+
+
+def _check_settings(
+    baselines: Sequence[str], grids: Optional[dict[str, list[float]]], seeds: Sequence[int], timing_steps: int
+) -> dict[str, list[float]]:
+    """The grids with defaults filled in, after checking every setting that could only fail later."""
+    check_positive_int("bench: timing_steps", timing_steps)
+    if not seeds:
+        raise ConfigError("bench: seeds must name at least one seed")
+    if not any(b in ADAM_REFERENCE for b in baselines):
+        raise ConfigError(f"bench: baselines={list(baselines)} has no Adam ({' or '.join(ADAM_REFERENCE)}): the speedup is over tuned Adam")
+    grids = {**DEFAULT_GRIDS, **(grids or {})}
+    for name, grid in grids.items():
+        if not grid or any(not lr > 0 for lr in grid):
+            raise ConfigError(f"bench: grids[{name!r}]={grid!r} must be a non-empty list of positive rates")
+    return grids
+
+
+def _contenders(
+    baselines: Sequence[str], optimizers: list[str], grids: dict[str, list[float]], learned_lrs: Sequence[float]
+) -> list[Contender]:
+    """The baselines, then every optimizer given (a learned one once per rate); labels must differ."""
+    contenders = [baseline(name, grids) for name in baselines]
+    for entry in optimizers:
+        contenders += contender(entry, grids, list(learned_lrs))
+    labels = [c.label for c in contenders]
+    if len(set(labels)) != len(labels):
+        raise ConfigError(f"bench: two optimizers share a label in {labels}; label them as label=spec")
+    return contenders
 
 
 def _run(task: BenchTask, c: Contender, lr: float, seed: int, cache: RunCache, bar: tqdm) -> Run:
