@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -127,7 +128,9 @@ def _tensorboard(result: "BenchResult", folder: Path, points: int = 1000) -> Non
         with SummaryWriter(str(folder / label)) as writer:
             for task in result.tasks:
                 tuned = next(t for t in task.tuned if t.contender.label == label)
-                curve = np.nanmean(np.array([r.curve for r in tuned.runs]), axis=0)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)  # every seed diverged by then: NaN, skipped below
+                    curve = np.nanmean(np.array([r.curve for r in tuned.runs]), axis=0)
                 stride = max(1, len(curve) // points)
                 for step in range(0, len(curve), stride):
                     if math.isfinite(curve[step]):
