@@ -242,8 +242,8 @@ def _task_result(task: BenchTask, tuned: list[Tuned], times: dict[str, float]) -
         label = t.contender.label
         others = {b.contender.label: finals[b.contender.label] for b in tuned if b.contender.baseline and b is not t}
         best_name = min(others, key=others.get) if others else None
-        per_seed = [metrics.speedup(metrics.final_loss(r.curve, k, r.diverged), reference) for r in t.runs]
-        speed = metrics.speedup(finals[label], reference)
+        per_seed = [metrics.speedup(r.curve, k, metrics.final_loss(r.curve, k, r.diverged), reference) for r in t.runs]
+        speed = metrics.speedup(np.mean([r.curve for r in t.runs], axis=0), k, finals[label], reference)
         best = others.get(best_name, math.nan)
         rows.append({
             "task": task.name, "optimizer": label, "steps": task.steps, "k": k, "lr": t.lr, "schedule": t.contender.schedule,

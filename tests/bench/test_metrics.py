@@ -30,12 +30,21 @@ def test_the_adam_reference_takes_the_best_curve_at_each_step_then_a_running_min
     assert metrics.adam_reference([a, [math.inf] * 4], 1).tolist() == [5, 1, 1, 1]  # a diverged curve never helps
 
 
-def test_speedup_is_the_steps_adam_needs_over_the_steps_taken():
+def test_speedup_is_two_sided_and_meets_at_one():
     reference = np.array([8.0, 4.0, 2.0, 1.0])
-    assert metrics.speedup(4.0, reference) == (0.5, True)  # Adam gets there at step 2 of 4: the optimizer is 2× slower
-    assert metrics.speedup(1.0, reference) == (1.0, True)
-    assert metrics.speedup(0.5, reference) == (1.0, False)  # Adam never gets there: lower bound 1, flagged
-    assert metrics.speedup(math.inf, reference) == (0.0, True)  # diverged
+    slow = [9.0, 8.0, 6.0, 4.0]
+    assert metrics.speedup(slow, 1, 4.0, reference) == (0.5, True)  # Adam gets there at step 2 of 4: 2× slower
+    assert metrics.speedup([8.0, 4.0, 2.0, 1.0], 1, 1.0, reference) == (1.0, True)  # as fast as Adam
+    fast = [1.0, 0.9, 0.7, 0.5]
+    assert metrics.speedup(fast, 1, 0.5, reference) == (4.0, False)  # Adam's final loss at step 1 of 4: 4× faster
+    assert metrics.speedup([3.0, 1.0, 0.8, 0.5], 1, 0.5, reference) == (2.0, False)
+    assert metrics.speedup(slow, 1, math.inf, reference) == (0.0, True)  # diverged
+
+
+def test_the_fast_side_uses_the_same_smoothing_as_the_reference():
+    reference = np.array([4.0, 2.0, 1.0, 1.0, 1.0, 1.0])
+    spiky = [3.0, 0.5, 3.0, 0.5, 0.5, 0.5]  # one good step is not "reaching" it: the trailing 2-mean first gets to 1 at step 5
+    assert metrics.speedup(spiky, 2, 0.5, reference) == (6 / 5, False)
 
 
 def test_iqm_is_the_mean_of_the_middle_half():
