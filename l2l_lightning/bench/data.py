@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.nn import functional as F
 
 from l2l_lightning.data.datasets import DEFAULT_VAL_SIZE, load_images
+from l2l_lightning.data.sources import read_text
 from l2l_lightning.errors import ConfigError, DatasetError, check_positive_int
 
 Batch = tuple[Any, Any]
@@ -82,29 +83,6 @@ class ImageClassification(DataStream):
         return images, (images if self.target == "images" else self.labels[index])
 
 
-#: Files of the ``fortunes`` packages that are not text (indices) or duplicates (``.u8`` links).
-_NOT_TEXT = (".dat", ".u8")
-
-
-@functools.lru_cache(maxsize=4)
-def _corpus(root: str, files: Optional[tuple[str, ...]]) -> Tensor:
-    """Every text file under ``root`` (or ``files``), concatenated as bytes (uint8)."""
-    folder = Path(root)
-    if not folder.is_dir():
-        raise DatasetError(
-            f"text folder {root} does not exist; `apt-get install fortunes fortunes-min` installs "
-            "/usr/share/games/fortunes (or point root at any folder of plain-text files)"
-        )
-    paths = [folder / name for name in files] if files else sorted(
-        p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.suffix not in _NOT_TEXT
-    )
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing or not paths:
-        raise DatasetError(f"text folder {root}: {'missing ' + ', '.join(missing) if missing else 'no text files'}")
-    data = b"".join(p.read_bytes() for p in paths)
-    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
-
-
 class CharText(DataStream):
     """Random windows of ``context + 1`` bytes of a text corpus: inputs are the first ``context``, targets the next byte of each."""
 
@@ -116,7 +94,7 @@ class CharText(DataStream):
         batch_size: int = 32,
     ) -> None:
         self.context, self.batch_size = check_positive_int("context", context), check_positive_int("batch_size", batch_size)
-        self.text = _corpus(str(Path(root).expanduser().resolve()), tuple(files) if files else None)
+        self.text = read_text(str(Path(root).expanduser().resolve()), tuple(files) if files else None)
         if len(self.text) <= context + 1:
             raise DatasetError(f"text folder {root} holds {len(self.text)} bytes, fewer than a window of {context + 1}")
 

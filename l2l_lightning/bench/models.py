@@ -3,80 +3,23 @@
 Each takes its input batch and returns what the task's loss reads (logits, a reconstruction,
 or, for :class:`NeuralArtImage`, the loss itself).  They are deliberately small: the suite runs
 dozens of tuned baselines per task on a 2-core CPU.  Nothing here is special to learned
-optimizers; a user's own model class works the same way.
+optimizers; a user's own model class works the same way.  :class:`MLP` and :class:`ConvNet` live
+in :mod:`l2l_lightning.tasks.optimizees`, where the meta-training mixture builds the same kinds of
+networks (the suite's YAML names them here, as before).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import ConfigError
+from l2l_lightning.tasks.optimizees import MLP, Activation, ConvNet
 
-Activation = Literal["relu", "gelu", "tanh", "sigmoid"]
-_ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
-
-
-def _activation(name: str) -> nn.Module:
-    if name not in _ACTIVATIONS:
-        raise ConfigError(f"activation={name!r}; allowed: {', '.join(map(repr, _ACTIVATIONS))}")
-    return _ACTIVATIONS[name]()
-
-
-class MLP(nn.Sequential):
-    """Flatten, then ``hidden`` fully connected layers with ``activation``, then a linear output layer.
-
-    ``output_activation`` (e.g. ``"sigmoid"`` for an autoencoder's pixels in ``[0, 1]``) follows the last layer.
-    """
-
-    def __init__(
-        self,
-        in_features: int,
-        hidden: Sequence[int],
-        out_features: int,
-        activation: Activation = "relu",
-        output_activation: Optional[Activation] = None,
-    ) -> None:
-        layers: list[nn.Module] = [nn.Flatten()]
-        width = in_features
-        for size in hidden:
-            layers += [nn.Linear(width, size), _activation(activation)]
-            width = size
-        layers.append(nn.Linear(width, out_features))
-        if output_activation is not None:
-            layers.append(_activation(output_activation))
-        super().__init__(*layers)
-
-
-class ConvNet(nn.Sequential):
-    """3×3 convolutions (each optionally batch-normalized), ReLU and 2×2 max-pooling, then a linear classifier."""
-
-    def __init__(
-        self,
-        in_channels: int,
-        channels: Sequence[int],
-        image_size: int,
-        num_classes: int = 10,
-        batch_norm: bool = False,
-    ) -> None:
-        layers: list[nn.Module] = []
-        width, size = in_channels, image_size
-        for out in channels:
-            layers += [nn.Conv2d(width, out, 3, padding=1, bias=not batch_norm)]
-            layers += [nn.BatchNorm2d(out)] if batch_norm else []
-            layers += [nn.ReLU(), nn.MaxPool2d(2)]
-            width, size = out, size // 2
-        if size < 1:
-            raise ConfigError(f"ConvNet: {len(channels)} poolings leave nothing of a {image_size}-pixel image")
-        layers += [nn.Flatten(), nn.Linear(width * size * size, num_classes)]
-        super().__init__(*layers)
-
-    def forward(self, images: Tensor) -> Tensor:
-        return super().forward(images if images.dim() == 4 else images.unsqueeze(1))
-
+__all__ = ["MLP", "Activation", "CharTransformer", "ConvNet", "NeuralArtImage"]
 
 class CharTransformer(nn.Module):
     """A small causal (pre-norm) transformer language model over bytes: logits for the next byte at every position."""

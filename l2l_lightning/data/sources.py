@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import Optional
 
 import torch
 from torch import Tensor
@@ -24,8 +25,6 @@ from l2l_lightning.data.datasets import LabeledImages, Split, load_images
 from l2l_lightning.data.images import load_image_splits, random_crops
 from l2l_lightning.errors import DatasetError
 
-#: Files of Debian's ``fortunes`` packages that are not text (indices) or links to duplicates.
-_NOT_TEXT = (".dat", ".u8")
 #: Where each split of a text corpus starts and ends, as fractions of its bytes.
 _TEXT_SPLITS = {"train": (0.0, 0.9), "val": (0.9, 0.95), "test": (0.95, 1.0)}
 #: Photos held out for validation and for test each (opencv-doc has 91 large enough at 64 px).
@@ -43,19 +42,37 @@ def fashion_mnist(root: str, split: Split, size: int, val_size: int, device: str
     return LabeledImages(small.squeeze(1).round().to(torch.uint8), data.labels)
 
 
+#: Files of the ``fortunes`` packages that are not text (indices) or duplicates (``.u8`` links).
+_NOT_TEXT = (".dat", ".u8")
+
+
 @functools.lru_cache(maxsize=4)
-def text_corpus(root: str, split: Split) -> Tensor:
-    """The bytes of every text file under ``root`` (sorted by name), ``split``'s part, as int64."""
+def read_text(root: str, files: Optional[tuple[str, ...]] = None) -> Tensor:
+    """Every text file under ``root`` (or ``files``), concatenated as bytes, as int64.
+
+    The corpus of ``l2l bench``'s text task (all of it) and of the mixture's (:func:`text_corpus`).
+    """
     folder = Path(root)
-    paths = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix not in _NOT_TEXT) if folder.is_dir() else []
-    if not paths:
+    if not folder.is_dir():
         raise DatasetError(
-            f"text folder {root} does not exist or holds no text files; `apt-get install fortunes fortunes-min` "
-            "installs /usr/share/games/fortunes (or point text_root at any folder of plain-text files)"
+            f"text folder {root} does not exist; `apt-get install fortunes fortunes-min` installs "
+            "/usr/share/games/fortunes (or point root at any folder of plain-text files)"
         )
-    data = b"".join(path.read_bytes() for path in paths)
-    start, end = (int(len(data) * f) for f in _TEXT_SPLITS[split])
-    return torch.frombuffer(bytearray(data[start:end]), dtype=torch.uint8).long()
+    paths = [folder / name for name in files] if files else sorted(
+        p for p in folder.iterdir() if p.is_file() and not p.is_symlink() and p.suffix not in _NOT_TEXT
+    )
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing or not paths:
+        raise DatasetError(f"text folder {root}: {'missing ' + ', '.join(missing) if missing else 'no text files'}")
+    data = b"".join(p.read_bytes() for p in paths)
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8).long()
+
+
+def text_corpus(root: str, split: Split) -> Tensor:
+    """``split``'s part of :func:`read_text` ``(root)``: consecutive, never overlapping (see the module docstring)."""
+    text = read_text(root, None)  # the cache key l2l bench's CharText uses too
+    start, end = (int(len(text) * f) for f in _TEXT_SPLITS[split])
+    return text[start:end]
 
 
 class TextWindows:

@@ -45,7 +45,7 @@ from l2l_lightning.data.sources import PhotoPatches, TextWindows, fashion_mnist,
 from l2l_lightning.errors import ConfigError, check_nonnegative_float, check_positive_int
 from l2l_lightning.tasks.base import ModuleProblem, Problem, ScaledProblem, StackedModuleProblem, Task
 from l2l_lightning.tasks.classification import Minibatches, cross_entropy, draw_params
-from l2l_lightning.tasks.optimizees import ACTIVATIONS, CharTransformer, ConvNet, mlp, next_byte_loss, reconstruction_loss
+from l2l_lightning.tasks.optimizees import ACTIVATIONS, MLP, CharTransformer, ConvNet, next_byte_loss, reconstruction_loss
 
 Choice = dict[str, Any]  #: one drawn value per setting
 
@@ -123,7 +123,7 @@ class MLPFamily(Family):
 
     def build(self, choice: Choice) -> nn.Module:
         size = choice["image_sizes"]
-        return mlp(size * size, [choice["widths"]] * choice["depths"], 10, choice["activations"])
+        return MLP(size * size, [choice["widths"]] * choice["depths"], 10, choice["activations"])
 
     def batches(self, choice: Choice, split: Split, device: str, seed: int) -> Callable[[int], Any]:
         data = fashion_mnist(self.mixture.fashion_root, split, choice["image_sizes"], self.mixture.val_size, device)
@@ -147,7 +147,7 @@ class CNNFamily(MLPFamily):
             raise ConfigError(f"TaskMixture: {name}.image_sizes={sizes!r}: two 2×2 poolings need images of at least 4 pixels")
 
     def build(self, choice: Choice) -> nn.Module:
-        return ConvNet([choice["channels"], 2 * choice["channels"]], choice["image_sizes"])
+        return ConvNet(1, [choice["channels"], 2 * choice["channels"]], choice["image_sizes"])
 
 
 class TransformerFamily(Family):
@@ -172,7 +172,7 @@ class PhotoAutoencoderFamily(Family):
 
     def build(self, choice: Choice) -> nn.Module:
         pixels = 3 * choice["patch_sizes"] ** 2
-        return mlp(pixels, [choice["widths"]], pixels, choice["activations"])
+        return MLP(pixels, [choice["widths"]], pixels, choice["activations"], output_activation="sigmoid")
 
     def batches(self, choice: Choice, split: Split, device: str, seed: int) -> Callable[[int], Any]:
         return PhotoPatches(self.mixture.photo_root, split, 64, choice["patch_sizes"], choice["batch_size"], seed, device)

@@ -1,4 +1,4 @@
-"""Small optimizee networks of the task mixture, written to run under ``torch.func.vmap``.
+"""Small optimizee networks of the task mixture (and of ``l2l bench``), written to run under ``torch.func.vmap``.
 
 :class:`~l2l_lightning.tasks.StackedModuleProblem` evaluates several draws of one
 architecture in one ``vmap``-ed ``functional_call``, so these modules only use ops with
@@ -12,38 +12,74 @@ bare ``nn.Parameter`` for positions).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Literal, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from l2l_lightning.errors import ConfigError
+
+Activation = Literal["relu", "gelu", "tanh", "sigmoid"]
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh, "sigmoid": nn.Sigmoid}
 
 
-def mlp(in_features: int, hidden: Sequence[int], out_features: int, activation: str) -> nn.Sequential:
-    """Flatten, ``hidden`` fully connected layers with ``activation``, a linear output layer."""
-    layers: list[nn.Module] = [nn.Flatten()]
-    width = in_features
-    for size in hidden:
-        layers += [nn.Linear(width, size), ACTIVATIONS[activation]()]
-        width = size
-    return nn.Sequential(*layers, nn.Linear(width, out_features))
+def _activation(name: str) -> nn.Module:
+    if name not in ACTIVATIONS:
+        raise ConfigError(f"activation={name!r}; allowed: {', '.join(map(repr, ACTIVATIONS))}")
+    return ACTIVATIONS[name]()
+
+
+class MLP(nn.Sequential):
+    """Flatten, then ``hidden`` fully connected layers with ``activation``, then a linear output layer.
+
+    ``output_activation`` (e.g. ``"sigmoid"`` for an autoencoder's pixels in ``[0, 1]``) follows the last layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden: Sequence[int],
+        out_features: int,
+        activation: Activation = "relu",
+        output_activation: Optional[Activation] = None,
+    ) -> None:
+        layers: list[nn.Module] = [nn.Flatten()]
+        width = in_features
+        for size in hidden:
+            layers += [nn.Linear(width, size), _activation(activation)]
+            width = size
+        layers.append(nn.Linear(width, out_features))
+        if output_activation is not None:
+            layers.append(_activation(output_activation))
+        super().__init__(*layers)
 
 
 class ConvNet(nn.Sequential):
-    """3×3 convolutions (``channels``), each followed by ReLU and 2×2 max-pooling, then a linear classifier."""
+    """3×3 convolutions (each optionally batch-normalized), ReLU and 2×2 max-pooling, then a linear classifier."""
 
-    def __init__(self, channels: Sequence[int], image_size: int, num_classes: int = 10) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        channels: Sequence[int],
+        image_size: int,
+        num_classes: int = 10,
+        batch_norm: bool = False,
+    ) -> None:
         layers: list[nn.Module] = []
-        width, size = 1, image_size
+        width, size = in_channels, image_size
         for out in channels:
-            layers += [nn.Conv2d(width, out, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(width, out, 3, padding=1, bias=not batch_norm)]
+            layers += [nn.BatchNorm2d(out)] if batch_norm else []
+            layers += [nn.ReLU(), nn.MaxPool2d(2)]
             width, size = out, size // 2
-        super().__init__(*layers, nn.Flatten(), nn.Linear(width * size * size, num_classes))
+        if size < 1:
+            raise ConfigError(f"ConvNet: {len(channels)} poolings leave nothing of a {image_size}-pixel image")
+        layers += [nn.Flatten(), nn.Linear(width * size * size, num_classes)]
+        super().__init__(*layers)
 
     def forward(self, images: Tensor) -> Tensor:
-        return super().forward(images.unsqueeze(-3))  # (B, H, W) grey images -> one channel
+        return super().forward(images if images.dim() == 4 else images.unsqueeze(1))
 
 
 class _Block(nn.Module):
@@ -87,5 +123,5 @@ def next_byte_loss(logits: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
 
 
 def reconstruction_loss(output: Tensor, batch: tuple[Tensor, Tensor]) -> Tensor:
-    """Mean squared error of a reconstruction of the (flattened) input in ``[0, 1]`` (an autoencoder's ``loss_fn``)."""
-    return F.mse_loss(torch.sigmoid(output), batch[1].flatten(start_dim=1))
+    """Mean squared error of a reconstruction of the (flattened) input (an autoencoder's ``loss_fn``)."""
+    return F.mse_loss(output, batch[1].flatten(start_dim=1))
