@@ -71,7 +71,7 @@ def measure(config: str, overrides: list[str], truncations: int, warmup: int) ->
     ]  # fmt: skip
     argv, sys.argv = sys.argv, sys.argv[:1]  # this script's own flags are not the CLI's
     try:
-        cli = L2LCLI(MetaLearner, run=False, args=args, save_config_kwargs={"overwrite": True})
+        cli = L2LCLI(MetaLearner, run=False, args=args, save_config_callback=None)  # no config.yaml in the cwd
     finally:
         sys.argv = argv
     for seed in range(64):  # read every dataset now, not inside a timed truncation
