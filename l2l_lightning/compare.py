@@ -37,6 +37,7 @@ from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baselin
 from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
+from l2l_lightning.safe_load import check_folder
 from l2l_lightning.threads import ThreadPolicy, check_threads
 
 
@@ -71,6 +72,15 @@ class OptimizerResult:
 
 def _draw(task: Task, count: int, seed: int, split: Split, device: str) -> list[Problem]:
     return [task.sample(torch.Generator().manual_seed(seed + i), device, split=split) for i in range(count)]
+
+
+def check_device(device: str) -> None:
+    """A clear error, before any work, for a device this machine lacks (torch fails mid-run otherwise)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:  # no driver / not compiled with it / bad name
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"compare: device={device!r} is not available here ({first}); use --device cpu") from error
 
 
 def _labelled(spec: str) -> tuple[str, str]:
@@ -136,8 +146,16 @@ def compare(
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
     nets = {}
+    check_device(device)
+    if out_dir is not None:
+        check_folder(out_dir, "compare: out_dir")
     for entry in learned:
         label, spec = _labelled(entry)
+        if label in nets or label in baselines:
+            raise ConfigError(
+                f"compare: two optimizers are labelled {label!r} (their results would overwrite each other); "
+                f"label each learned one as label=spec, e.g. {label}_1={spec}"
+            )
         nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems

@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import inspect
 import math
-import os
 import warnings
 from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
@@ -32,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
-from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError, check_positive_int
+from l2l_lightning.errors import CheckpointError, ConfigError, L2LError, NonFiniteMetaLossError, check_positive_int
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
 from l2l_lightning.meta.checkpoint_io import LatestCheckpoint
 from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
@@ -42,8 +41,8 @@ from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.unroll import bind, evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
-from l2l_lightning.serialization import NET_KEY
-from l2l_lightning.safe_load import check_spec_allowed, load_plain
+from l2l_lightning.serialization import NET_KEY, check_hyperparameters, make_spec, net_from_spec
+from l2l_lightning.safe_load import load_plain
 from l2l_lightning.tasks.base import Problem, ScaledProblem, Task
 from l2l_lightning.threads import ThreadPolicy, check_threads
 
@@ -122,7 +121,7 @@ def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
         factory, keywords = factory.func, dict(factory.keywords)
     if not isinstance(factory, type):
         return None
-    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": keywords}
+    return make_spec(factory, keywords)
 
 
 def _check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:
@@ -470,7 +469,10 @@ class MetaLearner(L.LightningModule):
         self.log("meta/skipped_steps", float(self._skipped))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.meta_optimizer(self.net.parameters())
+        try:
+            return self.meta_optimizer(self.net.parameters())
+        except ValueError as error:  # torch's optimizers check their settings here (e.g. "Invalid learning rate")
+            raise ConfigError(f"MetaLearner: meta_optimizer: {error} (model.meta_optimizer.init_args)") from error
 
     def configure_callbacks(self) -> list[L.Callback]:
         """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off."""
@@ -595,14 +597,19 @@ class MetaLearner(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
-        """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files
-            _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
-            hparams = checkpoint.get("hyper_parameters")
-            check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
+        """Lightning's loader, after checking that the file really is a MetaLearner checkpoint whose
+        hyper-parameters name only allowed classes (:func:`~l2l_lightning.serialization.check_hyperparameters`:
+        jsonargparse would import them while rebuilding the module); Lightning then reads it with
+        ``weights_only=True`` too, which no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` overrides."""
+        source = getattr(checkpoint_path, "name", None) or str(checkpoint_path)
+        checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files and URLs
+        _check_is_meta_learner_checkpoint(checkpoint, source)
+        if not isinstance(checkpoint.get("state_dict"), dict):
+            raise CheckpointError(f"{source} has no state_dict (its weights); pass a .ckpt written by `l2l fit` or MetaLearner")
+        check_hyperparameters(checkpoint.get("hyper_parameters"), source, given=kwargs)
         # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
         kwargs.setdefault("init_from", None)
+        kwargs["weights_only"] = True
         return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -611,8 +618,7 @@ class MetaLearner(L.LightningModule):
         self._resume = checkpoint.get("l2l_stream")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
-            check_spec_allowed(spec, f"the checkpoint's {NET_KEY}")  # a file may only name allowed net classes
-            self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
+            self.net = net_from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)  # checked, then built
             self._carry = None
 
     # ------------------------------------------------------------- exact resume

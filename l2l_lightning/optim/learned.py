@@ -109,7 +109,7 @@ from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment, owner_
 from l2l_lightning.optim import sharded
 from l2l_lightning.optim.pretrained import load_net
 from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads
-from l2l_lightning.serialization import NET_KEY, fingerprint, net_spec
+from l2l_lightning.serialization import NET_KEY, fingerprint, make_spec, net_spec
 
 #: State dtypes a parameter group may ask for (by name, so state dicts stay plain).
 STATE_DTYPES: dict[str, torch.dtype] = {
@@ -639,11 +639,7 @@ class LearnedOptimizer(Optimizer):
         """torch's state dict plus ``"l2l_net"``: the net's class, settings and weight fingerprint."""
         self._report_skipped(block=True)
         state_dict = super().state_dict()
-        state_dict[NET_KEY] = {
-            "class_path": self._net_spec["class_path"],
-            "init_args": dict(self._net_spec["init_args"]),
-            "fingerprint": self._fingerprint,
-        }
+        state_dict[NET_KEY] = {**make_spec(self._net_spec["class_path"], self._net_spec["init_args"]), "fingerprint": self._fingerprint}
         return sharded.to_dcp(state_dict, *self._params_and_coordinate_dims(), NET_KEY)
 
     def _params_and_coordinate_dims(self) -> tuple[list[Tensor], list[int]]:
