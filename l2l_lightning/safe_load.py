@@ -79,7 +79,7 @@ def is_allowed(class_path: str, also_allowed: tuple[str, ...] = ()) -> bool:
     return any(module == allowed or module.startswith(allowed + ".") for allowed in (*allowed_modules(), *also_allowed))
 
 
-#: The deepest nesting of dicts and lists read from a file's class-naming parts (net specs,
+#: How many levels of dicts and lists a file's class-naming parts may nest (net specs,
 #: hyper-parameters).  The project's own deepest is a RoutedNets spec inside the hyper-parameters
 #: (six levels); anything deeper is refused, never walked partly, so no nesting outruns the check.
 MAX_NESTING = 16
@@ -113,7 +113,7 @@ def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = (
 
 def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> list[str]:
     """Every class path in a nested structure of dicts and lists (see :func:`check_spec_allowed`)."""
-    if depth > MAX_NESTING:
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
         raise CheckpointError(
             f"{source} nests its settings more than {MAX_NESTING} levels deep; files written by l2l_lightning "
             "are a few levels deep, so this file was not written by it and is refused unread"

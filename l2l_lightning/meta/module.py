@@ -601,7 +601,7 @@ class MetaLearner(L.LightningModule):
         hyper-parameters name only allowed classes (:func:`~l2l_lightning.serialization.check_hyperparameters`:
         jsonargparse would import them while rebuilding the module); Lightning then reads it with
         ``weights_only=True`` too, which no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` overrides."""
-        source = getattr(checkpoint_path, "name", None) or str(checkpoint_path)
+        source = str(getattr(checkpoint_path, "name", "<file object>")) if hasattr(checkpoint_path, "read") else str(checkpoint_path)
         checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files and URLs
         _check_is_meta_learner_checkpoint(checkpoint, source)
         if not isinstance(checkpoint.get("state_dict"), dict):
