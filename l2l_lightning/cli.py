@@ -74,6 +74,9 @@ class L2LCLI(LightningCLI):
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
 
+    def before_fit(self) -> None:
+        self._resolve_ckpt_keyword("fit")
+
     def before_validate(self) -> None:
         self._resolve_ckpt_keyword("validate")
 
@@ -81,10 +84,11 @@ class L2LCLI(LightningCLI):
         self._resolve_ckpt_keyword("test")
 
     def _resolve_ckpt_keyword(self, subcommand: str) -> None:
-        """``l2l validate|test --ckpt_path best|last|hpc``: the file Lightning would load, checked like any
-        ``--ckpt_path`` and passed on as that file; an error where there is none.
+        """``--ckpt_path best|last|hpc``: the file Lightning would load, checked like any ``--ckpt_path``
+        and passed on as that file; an error where there is none.
 
-        Lightning only warns when ``last`` finds no checkpoint, then evaluates untrained weights.
+        Lightning only warns when ``last`` finds no checkpoint, then evaluates untrained weights;
+        ``l2l fit --ckpt_path last`` keeps Lightning's meaning there (a fresh start before the first run).
         """
         config = self.config_init[subcommand]
         keyword = config.get("ckpt_path")
@@ -92,7 +96,7 @@ class L2LCLI(LightningCLI):
             return
         how = "pass the checkpoint file instead, e.g. --ckpt_path runs/quadratic/version_0/checkpoints/last.ckpt"
         if keyword == "best":
-            raise ConfigError(f"--ckpt_path best means the best checkpoint of a fit in the same run; `l2l {subcommand}` runs no fit: {how}")
+            raise ConfigError(f"--ckpt_path best means the best checkpoint of an earlier fit in the same process, and `l2l {subcommand}` has none: {how}")
         where = {"last": "for this run's logger and trainer", "hpc": "(hpc_ckpt_<N>.ckpt) in --trainer.default_root_dir"}
         try:
             resolved = resolve_ckpt_keyword(self.trainer, subcommand, keyword)
@@ -100,6 +104,8 @@ class L2LCLI(LightningCLI):
             resolved, cause = None, error
         else:
             cause = None
+        if resolved is None and subcommand == "fit" and keyword == "last":
+            return
         if resolved is None:
             raise ConfigError(f"--ckpt_path {keyword}: there is no {keyword} checkpoint {where[keyword]}; {how}") from cause
         check_ckpt_path(resolved)

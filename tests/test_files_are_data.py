@@ -365,13 +365,22 @@ def test_files_where_folders_are_expected_and_binary_configs_are_one_line(tmp_pa
     assert "is a folder, not a file" in line
 
 
-@pytest.mark.parametrize("keyword", ["best", "last", "hpc"])
-@pytest.mark.parametrize("subcommand", ["test", "validate"])
+@pytest.mark.parametrize(
+    "subcommand, keyword",
+    [(s, k) for s in ("test", "validate") for k in ("best", "last", "hpc")] + [("fit", "best"), ("fit", "hpc")],
+)
 def test_a_checkpoint_keyword_with_no_such_checkpoint_is_an_error(tmp_path, capsys, keyword, subcommand):
     line = _cli([subcommand, "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
                  "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", keyword], capsys)  # fmt: skip
     assert f"--ckpt_path {keyword}" in line and "pass the checkpoint file instead" in line
     assert "test/mean_loss" not in capsys.readouterr().out  # nothing was evaluated
+
+
+def test_fit_with_ckpt_path_last_and_no_checkpoint_still_starts_fresh(tmp_path):
+    """Lightning's meaning, kept: ``last`` may be set before the first run."""
+    l2l_main(["fit", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+              "--test_after_fit", "false", "--ckpt_path", "last"])  # fmt: skip
+    assert list(tmp_path.glob("quadratic/version_0/checkpoints/last.ckpt"))
 
 
 def test_an_hpc_checkpoint_is_resolved_then_checked_like_any_file(tmp_path, capsys):
