@@ -26,7 +26,8 @@ import pytest
 import torch
 from torch import nn
 
-from l2l_lightning import CheckpointError, CoordinatewiseLSTM, LearnedOptimizer, MetaLearner, safe_load
+from l2l_lightning import CheckpointError, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, MetaLearner, safe_load
+from l2l_lightning import LearnedOptimizerCallback
 from l2l_lightning.cli import main as l2l_main
 from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
 from l2l_lightning.optim import load_net, pretrained
@@ -197,10 +198,18 @@ def test_a_deeply_nested_spec_in_a_checkpoint_imports_nothing(evil, tmp_path, ca
     checkpoint[NET_KEY] = _nested(11, f"{EVIL}.Net")
     torch.save(checkpoint, path)
     _refused_unrun(lambda: load_net(path), evil, "levels deep")
+    _refused_unrun(lambda: LearnedOptimizerCallback(checkpoint=path), evil, "levels deep")
     # what the trainer calls for `l2l fit|test --ckpt_path`
     _refused_unrun(lambda: tiny_learner().on_load_checkpoint(checkpoint), evil, "levels deep")
     assert export_main([str(path), str(tmp_path / "out.pt")]) == 2
     assert not evil.exists() and "levels deep" in _one_line_error(capsys, "l2l-export")
+    for subcommand in ("test", "fit"):
+        line = _cli([subcommand, "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+                     "--ckpt_path", str(path)], capsys)  # fmt: skip
+        assert not evil.exists() and "levels deep" in line
+    with pytest.raises(ConfigError, match="init_from=.*levels deep"):
+        tiny_learner(init_from=str(path))
+    assert not evil.exists()
     checkpoint["hyper_parameters"]["net"] = checkpoint.pop(NET_KEY)
     checkpoint[NET_KEY] = tiny_learner().net.spec
     torch.save(checkpoint, path)
@@ -414,3 +423,11 @@ def test_a_meta_learner_checkpoint_still_loads_everywhere(tmp_path):
     assert MetaLearner.load_from_checkpoint(path).task.config == tiny_learner().task.config
     pretrained.export(path, tmp_path / "out.pt")
     assert load_net(tmp_path / "out.pt").spec == tiny_learner().net.spec
+
+
+def test_hyper_parameters_of_the_wrong_type_are_one_clear_error(tmp_path):
+    path, checkpoint = _meta_checkpoint(tmp_path)
+    checkpoint["hyper_parameters"]["num_steps"] = "abc"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"meta.ckpt: its hyper-parameters do not fit MetaLearner: .*num_steps"):
+        MetaLearner.load_from_checkpoint(path)

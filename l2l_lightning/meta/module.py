@@ -606,11 +606,18 @@ class MetaLearner(L.LightningModule):
         _check_is_meta_learner_checkpoint(checkpoint, source)
         if not isinstance(checkpoint.get("state_dict"), dict):
             raise CheckpointError(f"{source} has no state_dict (its weights); pass a .ckpt written by `l2l fit` or MetaLearner")
-        check_hyperparameters(checkpoint.get("hyper_parameters"), source, given=kwargs)
         # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
         kwargs.setdefault("init_from", None)
+        check_hyperparameters(checkpoint.get("hyper_parameters"), source, given=kwargs)
         kwargs["weights_only"] = True
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        from jsonargparse import ArgumentError  # Lightning rebuilds the module through jsonargparse
+
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except ArgumentError as error:  # a hyper-parameter of the wrong type: jsonargparse's multi-line report
+            raise CheckpointError(
+                f"{source}: its hyper-parameters do not fit MetaLearner: {' '.join(str(error).split())[:300]}"
+            ) from error
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
