@@ -96,7 +96,10 @@ class L2LCLI(LightningCLI):
             return
         how = "pass the checkpoint file instead, e.g. --ckpt_path runs/quadratic/version_0/checkpoints/last.ckpt"
         if keyword == "best":
-            raise ConfigError(f"--ckpt_path best means the best checkpoint of an earlier fit in the same process, and `l2l {subcommand}` has none: {how}")
+            raise ConfigError(
+                "--ckpt_path best means the best checkpoint of an earlier fit in the same process, and "
+                f"`l2l {subcommand}` has none: {how}"
+            )
         where = {"last": "for this run's logger and trainer", "hpc": "(hpc_ckpt_<N>.ckpt) in --trainer.default_root_dir"}
         try:
             resolved = resolve_ckpt_keyword(self.trainer, subcommand, keyword)
@@ -107,7 +110,8 @@ class L2LCLI(LightningCLI):
         if resolved is None and subcommand == "fit" and keyword == "last":
             return
         if resolved is None:
-            raise ConfigError(f"--ckpt_path {keyword}: there is no {keyword} checkpoint {where[keyword]}; {how}") from cause
+            message = f"--ckpt_path {keyword}: there is no {keyword} checkpoint {where[keyword]}; {how}"
+            raise ConfigError(message) from cause
         check_ckpt_path(resolved)
         config["ckpt_path"] = resolved
 
@@ -181,7 +185,8 @@ def check_config_files(args: Any) -> None:
                 with open(path, encoding="utf-8") as file:
                     file.read()
             except UnicodeDecodeError as error:
-                raise ConfigError(f"--config {path} is not a text (YAML) file: {error.reason} at byte {error.start}") from error
+                message = f"--config {path} is not a text (YAML) file: {error.reason} at byte {error.start}"
+                raise ConfigError(message) from error
 
 
 def user_error(error: BaseException) -> Optional[BaseException]:

@@ -127,7 +127,9 @@ def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> 
         return [path for item in value for path in _named_modules(item, source, depth + 1)]
     if key == "class_path":
         if not isinstance(value, str):
-            raise CheckpointError(f"{source}: a class_path must be a string such as 'l2l_lightning.CoordinatewiseLSTM', got {value!r}")
+            raise CheckpointError(
+                f"{source}: a class_path must be a string such as 'l2l_lightning.CoordinatewiseLSTM', got {value!r}"
+            )
         return [value]
     return [value] if isinstance(value, str) and _IMPORT_PATH.match(value) and _importable(value) else []
 
@@ -275,7 +277,9 @@ def check_folder(path: Union[str, "os.PathLike[str]"], setting: str) -> None:
         if candidate.exists():
             if not candidate.is_dir():
                 where = "is" if candidate == path else f"lies under {candidate}, which is"
-                raise ConfigError(f"{setting}={str(path)!r} {where} a file, not a folder; give a folder (created if missing)")
+                raise ConfigError(
+                    f"{setting}={str(path)!r} {where} a file, not a folder; give a folder (created if missing)"
+                )
             return
 
 

@@ -167,8 +167,9 @@ def check_hyperparameters(hparams: Any, source: str, given: Mapping[str, Any] = 
     is checked like a net spec, and the net's size is bounded.
     """
     if not isinstance(hparams, Mapping):
+        what = "missing" if hparams is None else f"{type(hparams).__name__}, not a dict"
         raise CheckpointError(
-            f"{source}: its hyper_parameters are {'missing' if hparams is None else type(hparams).__name__ + ', not a dict'}; "
+            f"{source}: its hyper_parameters are {what}; "
             "a MetaLearner checkpoint stores its settings there (pass a .ckpt written by `l2l fit` or MetaLearner)"
         )
     read = {k: v for k, v in hparams.items() if k not in given and k not in _LIGHTNING_HPARAMS}

@@ -289,7 +289,8 @@ def test_a_net_of_absurd_size_is_refused_before_anything_is_allocated(tmp_path, 
     record = _exported("l2l_lightning.nets.lstm.CoordinatewiseLSTM")
     record["init_args"] = {**record["init_args"], "hidden_size": 200_000}
     torch.save(record, tmp_path / "huge.pt")
-    with pytest.raises(CheckpointError, match=rf"huge.pt: its net .* would have 480,003,400,001 weights, more than the {MAX_NET_NUMEL:,}"):
+    match = rf"huge.pt: its net .* would have 480,003,400,001 weights, more than the {MAX_NET_NUMEL:,}"
+    with pytest.raises(CheckpointError, match=match):
         LearnedOptimizer([nn.Parameter(torch.zeros(2))], checkpoint=tmp_path / "huge.pt")
     assert export_main([str(tmp_path / "huge.pt"), str(tmp_path / "out.pt")]) == 2
     assert "refused before allocating" in _one_line_error(capsys, "l2l-export")

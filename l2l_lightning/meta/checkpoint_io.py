@@ -31,7 +31,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     ``l2l`` (``--ckpt_path FILE``, ``last``, ``hpc``, a registry download) is plain data.
     """
 
-    def load_checkpoint(self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None) -> dict[str, Any]:
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
         return load_plain(path)  # on the CPU; Lightning moves the states to the module's device
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:

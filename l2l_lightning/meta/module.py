@@ -601,11 +601,14 @@ class MetaLearner(L.LightningModule):
         hyper-parameters name only allowed classes (:func:`~l2l_lightning.serialization.check_hyperparameters`:
         jsonargparse would import them while rebuilding the module); Lightning then reads it with
         ``weights_only=True`` too, which no ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` overrides."""
-        source = str(getattr(checkpoint_path, "name", "<file object>")) if hasattr(checkpoint_path, "read") else str(checkpoint_path)
+        is_file_object = hasattr(checkpoint_path, "read")
+        source = str(getattr(checkpoint_path, "name", "<file object>") if is_file_object else checkpoint_path)
         checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files and URLs
         _check_is_meta_learner_checkpoint(checkpoint, source)
         if not isinstance(checkpoint.get("state_dict"), dict):
-            raise CheckpointError(f"{source} has no state_dict (its weights); pass a .ckpt written by `l2l fit` or MetaLearner")
+            raise CheckpointError(
+                f"{source} has no state_dict (its weights); pass a .ckpt written by `l2l fit` or MetaLearner"
+            )
         # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
         kwargs.setdefault("init_from", None)
         check_hyperparameters(checkpoint.get("hyper_parameters"), source, given=kwargs)

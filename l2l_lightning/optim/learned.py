@@ -639,7 +639,8 @@ class LearnedOptimizer(Optimizer):
         """torch's state dict plus ``"l2l_net"``: the net's class, settings and weight fingerprint."""
         self._report_skipped(block=True)
         state_dict = super().state_dict()
-        state_dict[NET_KEY] = {**make_spec(self._net_spec["class_path"], self._net_spec["init_args"]), "fingerprint": self._fingerprint}
+        spec = make_spec(self._net_spec["class_path"], self._net_spec["init_args"])
+        state_dict[NET_KEY] = {**spec, "fingerprint": self._fingerprint}
         return sharded.to_dcp(state_dict, *self._params_and_coordinate_dims(), NET_KEY)
 
     def _params_and_coordinate_dims(self) -> tuple[list[Tensor], list[int]]:

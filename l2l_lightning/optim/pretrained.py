@@ -143,7 +143,8 @@ def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
                 f"{source}: its metadata must be a dict (with a string fingerprint, if any), got {metadata!r}"[:400]
             )
         if not isinstance(obj["state_dict"], Mapping):
-            raise CheckpointError(f"{source}: its state_dict must be a dict of tensors, got a {type(obj['state_dict']).__name__}")
+            kind = type(obj["state_dict"]).__name__
+            raise CheckpointError(f"{source}: its state_dict must be a dict of tensors, got a {kind}")
         return obj
     if _is_lightning_checkpoint(obj):
         class_path, init_args, weights = _net_from_lightning(obj, source)
