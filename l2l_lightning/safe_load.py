@@ -1,11 +1,12 @@
 """Reading files without running code from them, and writing them so that a crash loses nothing.
 
 Every file l2l_lightning reads (exported optimizers, ``MetaLearner`` checkpoints, the
-``--ckpt_path`` of ``l2l``) may come from someone else, so two rules hold everywhere:
+``--ckpt_path`` of ``l2l``) may come from someone else, so three rules hold everywhere:
 
+* **Local files only.** A URL is refused, never fetched (:func:`check_local` says why).
 * **Nothing is unpickled in full.** Files are read with ``torch.load(weights_only=True)``,
-  whatever their suffix: a pickle can run any code while it loads, before anything could
-  check it.  The project's own checkpoints and exports hold plain data only (tensors,
+  passed explicitly (so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot flip it), whatever their
+  suffix: a pickle can run any code while it loads, before anything could check it.  The project's own checkpoints and exports hold plain data only (tensors,
   dicts, lists, strings, numbers), so they load this way; a file holding pickled objects
   is a :class:`~l2l_lightning.errors.CheckpointError` that says how to make a safe one.
 * **A file names only classes it is allowed to name.** Exported files and checkpoints
@@ -15,6 +16,8 @@ Every file l2l_lightning reads (exported optimizers, ``MetaLearner`` checkpoints
   default, plus the modules you allow, either with :func:`allow_modules` or with the
   environment variable ``L2L_ALLOWED_MODULES`` (comma-separated, e.g.
   ``L2L_ALLOWED_MODULES=mypackage.nets,otherpkg``; a module allows its submodules).
+  :func:`check_spec_allowed` finds every class a file names, at any depth, before anything
+  is imported, and refuses nesting deeper than :data:`MAX_NESTING` rather than stop walking.
   A net class_path you write in a config is your own input and is not restricted.
 
 Writes go through :func:`atomic_save`: a temporary file in the target's folder, flushed
