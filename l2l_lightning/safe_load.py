@@ -6,8 +6,9 @@ Every file l2l_lightning reads (exported optimizers, ``MetaLearner`` checkpoints
 * **Local files only.** A URL is refused, never fetched (:func:`check_local` says why).
 * **Nothing is unpickled in full.** Files are read with ``torch.load(weights_only=True)``,
   passed explicitly (so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot flip it), whatever their
-  suffix: a pickle can run any code while it loads, before anything could check it.  The project's own checkpoints and exports hold plain data only (tensors,
-  dicts, lists, strings, numbers), so they load this way; a file holding pickled objects
+  suffix: a pickle can run any code while it loads, before anything could check it.  The
+  project's own checkpoints and exports hold plain data only (tensors, dicts, lists,
+  strings, numbers), so they load this way; a file holding pickled objects
   is a :class:`~l2l_lightning.errors.CheckpointError` that says how to make a safe one.
 * **A file names only classes it is allowed to name.** Exported files and checkpoints
   describe their net as ``{"class_path", "init_args"}``.  Rebuilding it imports the
@@ -79,7 +80,8 @@ def allowed_modules() -> tuple[str, ...]:
 def is_allowed(class_path: str, also_allowed: tuple[str, ...] = ()) -> bool:
     """Whether the module of ``class_path`` is an allowed module (or ``also_allowed``) or inside one."""
     module = class_path.rpartition(".")[0]
-    return any(module == allowed or module.startswith(allowed + ".") for allowed in (*allowed_modules(), *also_allowed))
+    allowed_list = (*allowed_modules(), *also_allowed)
+    return any(module == allowed or module.startswith(allowed + ".") for allowed in allowed_list)
 
 
 #: How many levels of dicts and lists a file's class-naming parts may nest (net specs,
@@ -90,7 +92,7 @@ MAX_NESTING = 16
 _IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
 
-def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = ()) -> None:
+def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = ()) -> list[str]:
     """Refuse a spec read from a file if anything in it names a module outside the allowed ones;
     checked *before* anything is imported, at every depth (deeper than :data:`MAX_NESTING` is refused).
 
@@ -101,8 +103,12 @@ def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = (
     specs matter: a ``RoutedNets`` lists its nets' class_paths in its ``init_args``, and those
     are imported when it is built.  ``also_allowed`` adds modules for this spec only (e.g.
     ``torch.optim`` for a meta-optimizer).
+
+    Returns:
+        The ``class_path`` values, all allowed, so that a caller can import them deliberately.
     """
-    for class_path in _named_modules(spec, source):
+    named = _named_modules(spec, source)
+    for class_path, _ in named:
         if not is_allowed(class_path, also_allowed):
             module = class_path.rpartition(".")[0] or class_path
             raise CheckpointError(
@@ -112,10 +118,12 @@ def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = (
                 f"{ALLOWED_MODULES_ENV}={module} in the environment, or "
                 f"l2l_lightning.safe_load.allow_modules({module!r}) in Python"
             )
+    return [class_path for class_path, is_class_path in named if is_class_path]
 
 
-def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> list[str]:
-    """Every class path in a nested structure of dicts and lists (see :func:`check_spec_allowed`)."""
+def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> list[tuple[str, bool]]:
+    """Every import path in a nested structure of dicts and lists (see :func:`check_spec_allowed`),
+    each with whether it is a ``class_path`` value."""
     if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
         raise CheckpointError(
             f"{source} nests its settings more than {MAX_NESTING} levels deep; files written by l2l_lightning "
@@ -133,8 +141,8 @@ def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> 
             raise CheckpointError(
                 f"{source}: a class_path must be a string such as 'l2l_lightning.CoordinatewiseLSTM', got {value!r}"
             )
-        return [value]
-    return [value] if isinstance(value, str) and _IMPORT_PATH.match(value) and _importable(value) else []
+        return [(value, True)]
+    return [(value, False)] if isinstance(value, str) and _IMPORT_PATH.match(value) and _importable(value) else []
 
 
 def _importable(path: str) -> bool:

@@ -45,11 +45,9 @@ FORMAT_VERSION = 1
 #: thousand (the paper's LSTM: 5,000), so 2**24 (64 MB in float32) leaves room for any real one
 #: while a file asking for ``hidden_size: 200000`` (640 GB) is refused before anything is allocated.
 MAX_NET_NUMEL = 2**24
-#: The hyper-parameters of a MetaLearner checkpoint that jsonargparse turns into objects, and the
-#: modules each may name besides the allowed ones (the meta-optimizer is a ``torch.optim`` class).
-HPARAM_ROLES: dict[str, tuple[str, ...]] = {
-    "task": (), "estimator": (), "imitation": (), "net": (), "meta_optimizer": ("torch.optim",),
-}
+#: Modules a MetaLearner checkpoint's hyper-parameter may name besides the allowed ones (the
+#: meta-optimizer is a ``torch.optim`` class).
+_HPARAM_ALSO_ALLOWED: dict[str, tuple[str, ...]] = {"meta_optimizer": ("torch.optim",)}
 #: Hyper-parameters Lightning reads itself and checks against its own allow-lists.
 _LIGHTNING_HPARAMS = ("_instantiator", "_class_path")
 
@@ -107,10 +105,16 @@ def check_net_spec(spec: Any, source: str) -> None:
 
     The size is measured by building the net on the ``meta`` device (no memory is allocated); a
     net class that cannot be built there is not measured (only allowed classes get that far).
+    The classes are imported first, outside that device context: a module imported inside it
+    would create its module-level tensors on ``meta``.
     """
-    from l2l_lightning.nets.base import LearnedOptimizerNet
+    from l2l_lightning.nets.base import LearnedOptimizerNet, import_class
 
-    check_spec_allowed(spec, source)
+    for class_path in check_spec_allowed(spec, source):
+        try:
+            import_class(class_path)
+        except CheckpointError as error:
+            raise CheckpointError(f"{source}: {error}") from error
     try:
         with torch.device("meta"):
             probe = LearnedOptimizerNet.from_spec(spec, source)
@@ -174,7 +178,7 @@ def check_hyperparameters(hparams: Any, source: str, given: Mapping[str, Any] = 
         )
     read = {k: v for k, v in hparams.items() if k not in given and k not in _LIGHTNING_HPARAMS}
     for key, value in read.items():
-        check_spec_allowed(value, f"{source} (hyper-parameter {key!r})", HPARAM_ROLES.get(key, ()))
+        check_spec_allowed(value, f"{source} (hyper-parameter {key!r})", _HPARAM_ALSO_ALLOWED.get(key, ()))
     if isinstance(read.get("net"), Mapping):
         check_net_spec(read["net"], f"{source} (hyper-parameter 'net')")
 

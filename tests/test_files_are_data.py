@@ -53,6 +53,7 @@ def evil(tmp_path, monkeypatch):
             from l2l_lightning import CoordinatewiseLSTM, QuadraticTask
             from l2l_lightning.meta.estimators import TruncatedBPTT
             pathlib.Path({str(marker)!r}).touch()
+            SCALE = torch.ones(1)  # a module-level tensor: must not land on the meta device
 
             class Net(CoordinatewiseLSTM): pass
             class Task(QuadraticTask): pass
@@ -258,6 +259,14 @@ def test_hyper_parameters_the_caller_gives_are_not_read_and_allowed_modules_load
     assert not evil.exists()
     safe_load.allow_modules(EVIL)
     assert type(MetaLearner.load_from_checkpoint(path).task).__name__ == "Task" and evil.exists()
+
+
+def test_an_allowed_module_imported_by_a_file_is_imported_normally(evil, tmp_path):
+    """The size check builds the net on the meta device; the module must be imported outside it."""
+    torch.save(_exported(f"{EVIL}.Net"), tmp_path / "mine.pt")
+    safe_load.allow_modules(EVIL)
+    assert type(load_net(tmp_path / "mine.pt")).__name__ == "Net" and evil.exists()
+    assert sys.modules[EVIL].SCALE.device.type == "cpu"
 
 
 def test_a_torch_optimizer_and_the_projects_own_classes_still_load(tmp_path):
