@@ -293,6 +293,14 @@ def test_a_damaged_checkpoint_is_one_clear_error(tmp_path, damage, message):
     assert str(path) in str(info.value)
 
 
+def test_hyper_parameters_of_the_wrong_type_are_one_clear_error(tmp_path):
+    path, checkpoint = _meta_checkpoint(tmp_path)
+    checkpoint["hyper_parameters"]["num_steps"] = "abc"
+    torch.save(checkpoint, path)
+    with pytest.raises(CheckpointError, match=r"meta.ckpt: its hyper-parameters do not fit MetaLearner: .*num_steps"):
+        MetaLearner.load_from_checkpoint(path)
+
+
 # ------------------------------------------------------------------ sizes and fingerprints
 def test_a_net_of_absurd_size_is_refused_before_anything_is_allocated(tmp_path, capsys):
     record = _exported("l2l_lightning.nets.lstm.CoordinatewiseLSTM")
@@ -359,7 +367,7 @@ _GAC = ["--model.net", "l2l_lightning.nets.GlobalAveragingLSTM"]
         (["--model.net.init_args.hidden_size", "0"], "hidden_size=0 must be a positive integer"),
         (["--model.net.init_args.hidden_size", "-1"], "hidden_size=-1 must be a positive integer"),
         (["--model.net.init_args.output_scale", "-1"], "output_scale=-1.0 must be a positive finite number"),
-        ([*_GAC, "--model.net.global_cells", "0"], "global_cells"),
+        ([*_GAC, "--model.net.global_cells", "0"], "global_cells=0 must be an integer from 1 to hidden_size=20"),
         (["--model.meta_optimizer.init_args.lr", "-1"], "meta_optimizer: Invalid learning rate: -1.0"),
         (["--model.threads", "²"], "threads='²'; allowed: 'auto'"),
         (["--model.init_from", ""], "init_from='': checkpoint='' is empty"),
@@ -376,6 +384,8 @@ def test_files_where_folders_are_expected_and_binary_configs_are_one_line(tmp_pa
     base = ["fit", "--config", CONFIG, *FAST]
     line = _cli([*base, "--trainer.default_root_dir", str(tmp_path / "a_file")], capsys)
     assert "--trainer.default_root_dir=" in line and "is a file, not a folder" in line
+    line = _cli([*base, "--trainer.logger.init_args.save_dir", str(tmp_path / "a_file")], capsys)
+    assert "--trainer.logger.init_args.save_dir=" in line and "is a file, not a folder" in line
     line = _cli([*base, "--trainer.logger.init_args.save_dir", str(tmp_path / "a_file" / "runs")], capsys)
     assert f"lies under {tmp_path / 'a_file'}, which is a file" in line
     line = _cli(["fit", "--config", str(tmp_path / "binary.yaml")], capsys)
@@ -434,10 +444,3 @@ def test_a_meta_learner_checkpoint_still_loads_everywhere(tmp_path):
     pretrained.export(path, tmp_path / "out.pt")
     assert load_net(tmp_path / "out.pt").spec == tiny_learner().net.spec
 
-
-def test_hyper_parameters_of_the_wrong_type_are_one_clear_error(tmp_path):
-    path, checkpoint = _meta_checkpoint(tmp_path)
-    checkpoint["hyper_parameters"]["num_steps"] = "abc"
-    torch.save(checkpoint, path)
-    with pytest.raises(CheckpointError, match=r"meta.ckpt: its hyper-parameters do not fit MetaLearner: .*num_steps"):
-        MetaLearner.load_from_checkpoint(path)
