@@ -412,6 +412,22 @@ def test_fit_with_ckpt_path_last_and_no_checkpoint_still_starts_fresh(tmp_path):
     assert list(tmp_path.glob("quadratic/version_0/checkpoints/last.ckpt"))
 
 
+def test_last_is_resolved_as_lightning_does_then_checked_like_any_file(tmp_path, capsys):
+    folder = tmp_path / "checkpoints"
+    folder.mkdir()
+    args = ["test", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
+            "--trainer.callbacks+=lightning.pytorch.callbacks.ModelCheckpoint", "--trainer.callbacks.dirpath",
+            str(folder), "--ckpt_path", "last"]  # fmt: skip
+    marker = tmp_path / "UNPICKLED"
+    torch.save({"state_dict": {}, "pytorch-lightning_version": "2.6", "x": _Touch(marker)}, folder / "last.ckpt")
+    line = _cli(args, capsys)
+    assert not marker.exists() and "last.ckpt holds pickled Python objects" in line
+    (folder / "last.ckpt").unlink()
+    _meta_checkpoint(folder, "last.ckpt")
+    l2l_main(args)
+    assert "test/mean_loss" in capsys.readouterr().out
+
+
 def test_an_hpc_checkpoint_is_resolved_then_checked_like_any_file(tmp_path, capsys):
     torch.save({"weights": torch.zeros(2)}, tmp_path / "hpc_ckpt_1.ckpt")
     line = _cli(["test", "--config", CONFIG, "--trainer.logger.init_args.save_dir", str(tmp_path), *FAST,
