@@ -388,8 +388,9 @@ def test_files_where_folders_are_expected_and_binary_configs_are_one_line(tmp_pa
     assert "--trainer.logger.init_args.save_dir=" in line and "is a file, not a folder" in line
     line = _cli([*base, "--trainer.logger.init_args.save_dir", str(tmp_path / "a_file" / "runs")], capsys)
     assert f"lies under {tmp_path / 'a_file'}, which is a file" in line
-    line = _cli(["fit", "--config", str(tmp_path / "binary.yaml")], capsys)
-    assert "binary.yaml is not a text (YAML) file" in line
+    for command in (["fit"], ["compare"]):
+        line = _cli([*command, "--config", str(tmp_path / "binary.yaml")], capsys)
+        assert "binary.yaml is not a text (YAML) file" in line
     line = _cli(["fit", "--config", CONFIG, *FAST, "--model.init_from", str(tmp_path)], capsys)
     assert "is a folder, not a file" in line
 
