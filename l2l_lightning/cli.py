@@ -19,7 +19,8 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
 from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD, is_registry, resolve_ckpt_keyword
 from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
-from l2l_lightning.meta.module import MetaLearner, _check_is_meta_learner_checkpoint
+from l2l_lightning.meta.module import MetaLearner
+from l2l_lightning.meta.settings import check_is_meta_learner_checkpoint
 from l2l_lightning.safe_load import check_folder, load_plain
 from l2l_lightning.serialization import FORMAT as EXPORT_FORMAT
 
@@ -154,7 +155,7 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             f"--ckpt_path {text} is not a Lightning checkpoint (no 'pytorch-lightning_version' and 'state_dict'); "
             "pass a .ckpt written by `l2l fit`"
         )
-    _check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
+    check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
 
 
 def check_output_folders(trainer: Any) -> None:

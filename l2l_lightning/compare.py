@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baseline, tune_baseline
 from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
@@ -83,6 +83,21 @@ def check_device(device: str) -> None:
         raise ConfigError(f"compare: device={device!r} is not available here ({first}); use --device cpu") from error
 
 
+def _load_learned(learned: Sequence[str], baselines: Sequence[str], device: str) -> dict[str, torch.nn.Module]:
+    """``label -> net`` of the trained optimizers to compare; two under one label would overwrite each other."""
+    from l2l_lightning.optim.pretrained import load_net
+
+    nets = {}
+    for label, spec in map(_labelled, learned):
+        if label in nets or label in baselines:
+            raise ConfigError(
+                f"compare: two optimizers are labelled {label!r} (their results would overwrite each other); "
+                f"label each learned one as label=spec, e.g. {label}_1={spec}"
+            )
+        nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
+    return nets
+
+
 def _labelled(spec: str) -> tuple[str, str]:
     """``"label=spec"`` or ``"spec"`` -> ``(label, spec)``; a path is labelled by its file stem."""
     label, sep, rest = spec.partition("=")
@@ -131,8 +146,6 @@ def compare(
             ``torch.set_num_threads`` chose otherwise; :mod:`l2l_lightning.threads`) or a positive
             integer; the caller's count is restored at the end.
     """
-    from l2l_lightning.optim.pretrained import load_net
-
     for name, value in (("num_steps", num_steps), ("num_problems", num_problems), ("tune_problems", tune_problems)):
         check_positive_int(f"compare: {name}", value)
     unknown = [b for b in baselines if b not in BASELINES]
@@ -140,23 +153,14 @@ def compare(
         raise ConfigError(f"compare: unknown baselines {unknown}; allowed: {', '.join(BASELINES)}")
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ConfigError(f"compare: lrs={list(lrs)!r} must be a non-empty list of positive floats")
-    if split not in ("test", "val"):
-        raise ConfigError(f"compare: split={split!r}; allowed: 'test', 'val' (tuning always uses 'train')")
+    check_choice("compare: split", split, ("test", "val"), " (tuning always uses 'train')")
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
-    nets = {}
     check_device(device)
     if out_dir is not None:
         check_folder(out_dir, "compare: out_dir")
-    for entry in learned:
-        label, spec = _labelled(entry)
-        if label in nets or label in baselines:
-            raise ConfigError(
-                f"compare: two optimizers are labelled {label!r} (their results would overwrite each other); "
-                f"label each learned one as label=spec, e.g. {label}_1={spec}"
-            )
-        nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
+    nets = _load_learned(learned, baselines, device)
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
     bar = tqdm(total=total, desc="l2l compare", disable=not progress, unit="run")

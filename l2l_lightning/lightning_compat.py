@@ -1,4 +1,4 @@
-"""The only four places l2l_lightning relies on Lightning internals, kept together.
+"""Every place l2l_lightning relies on Lightning internals, kept together.
 
 No public hook does any of these jobs (Lightning 2.6):
 
@@ -16,9 +16,13 @@ No public hook does any of these jobs (Lightning 2.6):
 * :func:`is_registry`: which ``--ckpt_path`` values Lightning fetches from its model registry
   rather than reading as a file (``registry`` and ``registry:…``, only with ``litmodels``
   installed): ``l2l`` checks every other value as a file.
+* :data:`INSTANTIATOR_KEY` / :data:`CLI_INSTANTIATOR`: ``MetaLearner.load_from_checkpoint`` rebuilds
+  the task and net from their ``{"class_path", "init_args"}`` hyper-parameters through
+  LightningCLI's instantiator; Lightning's loader finds it under the private hyper-parameter
+  key ``"_instantiator"`` (``lightning.pytorch.core.saving``).
 
-``tests/test_lightning_compat.py`` checks both against the installed Lightning and fails
-loudly, naming this module, when Lightning changes either.
+``tests/test_lightning_compat.py`` checks each against the installed Lightning and fails
+loudly, naming this module, when Lightning changes any of them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,11 @@ from lightning.pytorch.core.optimizer import _configure_optimizers
 from lightning.pytorch.trainer.states import TrainerFn
 from lightning.pytorch.utilities.model_registry import _is_registry
 from lightning_utilities.core.imports import module_available
+
+#: The hyper-parameter under which Lightning's checkpoint loader looks for the function that builds a module.
+INSTANTIATOR_KEY = "_instantiator"
+#: LightningCLI's instantiator: builds ``{"class_path", "init_args"}`` arguments into objects.
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 #: The LightningCLI method that applies a checkpoint's hyper-parameters to the parsed config.
 CHECKPOINT_HPARAMS_METHOD = "_parse_ckpt_path"

@@ -13,7 +13,8 @@ hold such a description, all read and written through here:
 * ``LearnedOptimizer`` state dicts: ``state_dict()[NET_KEY]`` = spec plus a weight
   fingerprint, so LSTM states are never continued by a different net.
 
-A spec is built by :func:`make_spec` and read by :func:`read_spec`, nowhere else.  Every spec
+A spec is built by :func:`~l2l_lightning.specs.make_spec` and read by
+:func:`~l2l_lightning.specs.read_spec`, nowhere else.  Every spec
 read from a *file* goes through :func:`net_from_spec` (nets) or :func:`check_hyperparameters`
 (a ``MetaLearner`` checkpoint's task, estimator, imitation, net and meta-optimizer): the class
 paths it names are checked against the allowed modules before anything is imported, at any
@@ -25,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any, Mapping, Optional, Union
+from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 import torch
 from torch import Tensor, nn
 
-from l2l_lightning.errors import CheckpointError, L2LError
+from l2l_lightning.errors import CheckpointError
 from l2l_lightning.safe_load import check_spec_allowed
+from l2l_lightning.specs import make_spec, read_spec
 
 if TYPE_CHECKING:
     from l2l_lightning.nets.base import LearnedOptimizerNet
@@ -50,26 +52,6 @@ MAX_NET_NUMEL = 2**24
 _HPARAM_ALSO_ALLOWED: dict[str, tuple[str, ...]] = {"meta_optimizer": ("torch.optim",)}
 #: Hyper-parameters Lightning reads itself and checks against its own allow-lists.
 _LIGHTNING_HPARAMS = ("_instantiator", "_class_path")
-
-
-def make_spec(cls: Union[type, str], init_args: Mapping[str, Any]) -> dict[str, Any]:
-    """``{"class_path", "init_args"}`` for ``cls(**init_args)`` (a class or its dotted path): the one
-    place a spec is written, in the form LightningCLI reads."""
-    class_path = cls if isinstance(cls, str) else f"{cls.__module__}.{cls.__qualname__}"
-    return {"class_path": class_path, "init_args": dict(init_args)}
-
-
-def read_spec(spec: Any, source: str, error: type[L2LError] = CheckpointError) -> tuple[str, dict[str, Any]]:
-    """``(class_path, init_args)`` of a spec, or an ``error`` naming ``source``: the one place a spec is read.
-
-    ``init_args`` may be missing or ``None`` (no arguments), as LightningCLI allows.
-    """
-    init_args = spec.get("init_args") if isinstance(spec, Mapping) else None
-    if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str) or not isinstance(
-        init_args, (Mapping, type(None))
-    ):
-        raise error(f"{source}: expected a spec {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}"[:500])
-    return spec["class_path"], dict(init_args or {})
 
 
 def net_spec(net: nn.Module) -> dict[str, Any]:

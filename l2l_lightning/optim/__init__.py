@@ -7,14 +7,16 @@
 * :mod:`l2l_lightning.optim.pretrained` — export (:func:`~l2l_lightning.optim.pretrained.export`), list and
   load trained optimizers; :mod:`l2l_lightning.optim.export` is the command line
   (``python -m l2l_lightning.optim.export CKPT NAME``), hence no ``export`` name here.
-* :mod:`l2l_lightning.optim.runtime` — how a step runs: chunks, threads, compile.
+* :mod:`l2l_lightning.optim.runtime` — how a step runs: chunks, threads, compile, fused;
+  :mod:`~l2l_lightning.optim.state` the state dict; :mod:`~l2l_lightning.optim.routing` which net steps what.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from l2l_lightning.optim.learned import STATE_DTYPES, LearnedOptimizer, SkippedStepWarning
+from l2l_lightning.optim.learned import LearnedOptimizer, SkippedStepWarning
+from l2l_lightning.optim.state import STATE_DTYPES
 from l2l_lightning.optim.pretrained import available, load_net
 
 __all__ = [

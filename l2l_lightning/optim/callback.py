@@ -35,7 +35,8 @@ from torch import nn
 
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.lightning_compat import split_optimizer_config
-from l2l_lightning.optim.learned import LearnedOptimizer, _check_lr, _state_dtype_name
+from l2l_lightning.optim.learned import LearnedOptimizer
+from l2l_lightning.optim.state import check_lr, state_dtype_name
 from l2l_lightning.optim.pretrained import load_net
 
 _MISSING = object()
@@ -62,10 +63,10 @@ class LearnedOptimizerCallback(L.Callback):
         lr: float = 1.0,
         state_dtype: Union[str, torch.dtype] = "float32",
     ) -> None:
-        _check_lr(lr)
+        check_lr(lr)
         self.net = load_net(checkpoint)
         self.lr = lr
-        self.state_dtype = _state_dtype_name(state_dtype)
+        self.state_dtype = state_dtype_name(state_dtype)
         self._patched: Optional[tuple[L.LightningModule, Any]] = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:

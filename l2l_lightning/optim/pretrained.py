@@ -45,9 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
-from l2l_lightning.serialization import (
-    FORMAT, FORMAT_VERSION, NET_KEY, build_net, fingerprint, make_spec, net_weights_from_checkpoint, read_spec,
-)
+from l2l_lightning.serialization import FORMAT, FORMAT_VERSION, NET_KEY, build_net, fingerprint, net_weights_from_checkpoint
+from l2l_lightning.specs import make_spec, read_spec
 from l2l_lightning.safe_load import atomic_save, check_local, check_writable_target, load_plain
 
 #: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
@@ -151,8 +150,7 @@ def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "class_path": class_path,
-            "init_args": init_args,
+            **make_spec(class_path, init_args),
             "state_dict": weights,
             "metadata": _metadata_from_lightning(obj, path),
         }
@@ -196,7 +194,7 @@ def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
     """The ``metadata`` of a trained optimizer (name or path), e.g. its task and validation figures."""
     path = _path_for(spec)
     record = read(path)
-    return {"class_path": record["class_path"], "init_args": record["init_args"], **record.get("metadata", {})}
+    return {**make_spec(record["class_path"], record["init_args"]), **record.get("metadata", {})}
 
 
 # --------------------------------------------------------------------------- export
@@ -319,8 +317,7 @@ def export(
     out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "class_path": record["class_path"],
-        "init_args": plain(record["init_args"]),
+        **make_spec(record["class_path"], plain(record["init_args"])),
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()},
         "metadata": meta,
     }
