@@ -88,7 +88,7 @@ def _load_learned(learned: Sequence[str], baselines: Sequence[str], device: str)
     from l2l_lightning.optim.pretrained import load_net
 
     nets = {}
-    for label, spec in map(_labelled, learned):
+    for label, spec in map(labelled, learned):
         if label in nets or label in baselines:
             raise ConfigError(
                 f"compare: two optimizers are labelled {label!r} (their results would overwrite each other); "
@@ -98,7 +98,7 @@ def _load_learned(learned: Sequence[str], baselines: Sequence[str], device: str)
     return nets
 
 
-def _labelled(spec: str) -> tuple[str, str]:
+def labelled(spec: str) -> tuple[str, str]:
     """``"label=spec"`` or ``"spec"`` -> ``(label, spec)``; a path is labelled by its file stem."""
     label, sep, rest = spec.partition("=")
     if sep and label and os.sep not in label:
