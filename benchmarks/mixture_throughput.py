@@ -25,6 +25,7 @@ validation and test excluded, and said so).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
@@ -89,7 +91,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.add_argument("--warmup", type=int, default=2, help="untimed truncations first")
     parser.add_argument("--horizon", type=int, default=50, help="inner steps per problem while measuring")
     parser.add_argument("--estimator", choices=("config", "tbptt"), default="config")
-    parser.add_argument("--per-family", action="store_true", help="also time each family alone")
+    parser.add_argument("--per-family", action="store_true", help="also time each of the config's families alone")
     parser.add_argument("--stack", default="", help="also time these optimizees_per_draw, e.g. 1,8")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
@@ -101,9 +103,10 @@ def main(argv: list[str] | None = None) -> str:
     runs = {"mixture (the config's weights)": []}
     for count in filter(None, args.stack.split(",")):
         runs[f"mixture, optimizees_per_draw {count}"] = ["--model.task.init_args.optimizees_per_draw", count]
-    if args.per_family:
-        for family in ("mlp", "cnn", "transformer", "photo_autoencoder"):
-            runs[family] = ["--model.task.init_args.families", f"{{{family}: {{}}}}"]
+    if args.per_family:  # each family of the config alone, with the config's settings for it
+        families = yaml.safe_load(Path(args.config).read_text())["model"]["task"]["init_args"]["families"]
+        for family, settings in families.items():
+            runs[family] = ["--model.task.init_args.families", json.dumps({family: settings})]
     rows, full = [], None
     for name, overrides in runs.items():
         model, wall, cpu = measure(args.config, base + overrides, args.truncations, args.warmup)
