@@ -1,0 +1,221 @@
+"""A per-parameter feature MLP: the small_fc_lopt / AdafacMLPLOpt / Celo line of learned optimizers.
+
+The paper's LSTM reads only the gradient and keeps 80 numbers per coordinate; the
+optimizers that generalise (google/learned_optimization's ``AdafacMLPLOpt``, Celo, Celo2)
+read a handful of hand-built features and map them to an update with a tiny MLP, with no
+recurrent state beyond the features' accumulators.  :class:`FeatureMLP` is that design:
+
+* **State**: per coordinate, momenta at ``momentum_decays`` and one second moment (4 numbers:
+  16 B in float32, against the LSTM's 320 B); per tensor, Adafactor row and column accumulators
+  at ``adafactor_decays`` (see :func:`~l2l_lightning.nets.mlp_kernel.matrix_view`: a vector's row
+  accumulators are the reference's non-factored fallback).
+* **Inputs**: the gradient, the parameter, the momenta, the second moment, ``m / √v``, ``1/√v``,
+  the Adafactor-preconditioned gradient and momentum, the row and column accumulators and their
+  ``rsqrt`` (:func:`~l2l_lightning.nets.mlp_kernel.features`), each divided by its root mean square
+  over the tensor, so the net sees no absolute scale (Celo2's normalised inputs); plus tanh
+  embeddings of the step number at 11 timescales.
+* **Output**: ``−direction · exp(exp_mult · magnitude) · step_mult`` (the reference's form:
+  ``exp_mult`` keeps the learned step size from running away), with ``output="tanh"``
+  bounding the direction to ±1, so each coordinate moves at most ``step_mult ·
+  exp(exp_mult · magnitude)`` per step on any run length.  ``scaling="mup"`` divides the
+  update of every matrix by its fan-in (μLO), so the same net transfers across widths.
+* **Initialisation**: the output layer is zero and a linear skip reads ``m / √v`` into the
+  direction, so an untrained net steps like Adam with learning rate ``step_mult`` (normalised
+  per tensor), a sound place for meta-training to start from.
+
+It declares what it reads (``inputs = Inputs(param=True, step=True)``) and keeps per-tensor
+state; it is not coordinatewise (statistics over whole tensors), so it is refused on sharded
+(FSDP2) parameters.  Meta-training differentiates through :meth:`FeatureMLP.forward`; deployment
+runs :class:`~l2l_lightning.nets.mlp_kernel.FeatureKernel` in the chunked runtime.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal, Optional, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_float, check_positive_int
+from l2l_lightning.nets.base import Inputs, LearnedOptimizerNet, StepInputs
+from l2l_lightning.nets.layout import Layout, Segment, as_layout
+from l2l_lightning.nets.mlp_kernel import (
+    TINY, FeatureKernel, Views, decays_column, features, fill_indices, head, matrix_view, num_features, step_scale,
+    TIMESCALES, time_features,
+)
+
+Scaling = Literal["none", "mup"]
+Output = Literal["linear", "tanh"]
+
+
+def _check_decays(name: str, decays: Sequence[float]) -> tuple[float, ...]:
+    if isinstance(decays, (str, bytes)) or not isinstance(decays, Sequence) or not decays:
+        raise ConfigError(f"FeatureMLP: {name}={decays!r} must be a non-empty list of decays in [0, 1)")
+    for decay in decays:
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
+            raise ConfigError(f"FeatureMLP: {name}={list(decays)!r}: every decay must be a number in [0, 1)")
+    return tuple(float(d) for d in decays)
+
+
+class FeatureMLP(LearnedOptimizerNet):
+    """Per-coordinate MLP over normalised momentum, second-moment, Adafactor, parameter and time features.
+
+    Args:
+        hidden_size: units per hidden layer (the reference: 4 to 32).
+        hidden_layers: ReLU hidden layers (the reference: 2).
+        momentum_decays: decays of the momenta (the reference: 0.9, 0.99, 0.999).
+        rms_decay: decay of the second moment.
+        adafactor_decays: decays of the row and column accumulators, paired in order with the
+            momenta for the Adafactor-preconditioned momentum (so no more of them than momenta).
+        exp_mult, step_mult: the output is ``direction · exp(exp_mult · magnitude) · step_mult``.
+        scaling: ``"none"``, or ``"mup"``: the update of a matrix divided by its fan-in.
+        output: ``"linear"`` (the reference) or ``"tanh"`` (a bounded direction).
+    """
+
+    coordinate_dim = 1
+    inputs = Inputs(param=True, step=True)
+    coordinatewise = False
+
+    def __init__(
+        self,
+        hidden_size: int = 32,
+        hidden_layers: int = 2,
+        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        rms_decay: float = 0.999,
+        adafactor_decays: Sequence[float] = (0.9, 0.99, 0.999),
+        exp_mult: float = 0.001,
+        step_mult: float = 0.001,
+        scaling: Scaling = "none",
+        output: Output = "linear",
+    ) -> None:
+        super().__init__()
+        check_positive_int("FeatureMLP: hidden_size", hidden_size)
+        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 0:
+            raise ConfigError(f"FeatureMLP: hidden_layers={hidden_layers!r} must be an integer >= 0")
+        self.momentum_decays = _check_decays("momentum_decays", momentum_decays)
+        self.adafactor_decays = _check_decays("adafactor_decays", adafactor_decays)
+        self.rms_decay = _check_decays("rms_decay", [rms_decay])[0]
+        if len(self.adafactor_decays) > len(self.momentum_decays):
+            raise ConfigError(
+                f"FeatureMLP: {len(self.adafactor_decays)} adafactor_decays but {len(self.momentum_decays)} "
+                "momentum_decays; each Adafactor decay is paired with a momentum, so give no more of them"
+            )
+        self.exp_mult = check_positive_float("FeatureMLP: exp_mult", exp_mult)
+        self.step_mult = check_positive_float("FeatureMLP: step_mult", step_mult)
+        self.scaling = check_choice("FeatureMLP: scaling", scaling, ("none", "mup"))
+        self.output = check_choice("FeatureMLP: output", output, ("linear", "tanh"))
+        self.hidden_size, self.hidden_layers = hidden_size, hidden_layers
+        sizes = [self.num_features + len(TIMESCALES)] + [hidden_size] * hidden_layers + [2]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.skip = nn.Parameter(torch.zeros(self.num_features))
+        self._index: dict[tuple[Layout, torch.device], tuple[Views, list[Tensor]]] = {}
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Truncated-normal hidden layers (std ``1/√fan_in``, as the reference), a zero output layer and
+        the skip on ``m / √v`` at the first momentum decay: untrained, the net steps like small-lr Adam."""
+        for layer in self.layers:
+            nn.init.trunc_normal_(layer.weight, std=1 / math.sqrt(layer.in_features))
+            nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.layers[-1].weight)
+        with torch.no_grad():
+            self.skip.zero_()[3 + len(self.momentum_decays)] = 1.0  # features: g, p, m·k, v, (m/√v)·k, ...
+
+    @property
+    def num_features(self) -> int:
+        """Normalised features per coordinate (the time embeddings come on top)."""
+        return num_features(len(self.momentum_decays), len(self.adafactor_decays))
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return {
+            "hidden_size": self.hidden_size,
+            "hidden_layers": self.hidden_layers,
+            "momentum_decays": list(self.momentum_decays),
+            "rms_decay": self.rms_decay,
+            "adafactor_decays": list(self.adafactor_decays),
+            "exp_mult": self.exp_mult,
+            "step_mult": self.step_mult,
+            "scaling": self.scaling,
+            "output": self.output,
+        }
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
+
+    def weight_list(self) -> list[Tensor]:
+        """``[W, b]`` per layer, then the skip: what :func:`~l2l_lightning.nets.mlp_kernel.head` reads."""
+        return [t for layer in self.layers for t in (layer.weight, layer.bias)] + [self.skip]
+
+    def state_shape(self, n: int) -> tuple[int, int]:
+        return (len(self.momentum_decays) + 1, n)
+
+    def tensor_state_shape(self, segment: Segment) -> tuple[int, int]:
+        rows, cols = matrix_view(segment.shape)
+        return (len(self.adafactor_decays), rows + cols)
+
+    def _indices(self, layout: Layout, device: torch.device) -> tuple[Views, list[Tensor]]:
+        """Per layout (cached): each coordinate's segment, row and column slot, and the slots' counts."""
+        key = (layout, device)
+        if key not in self._index:
+            views, n = Views(layout), layout.numel
+            segment, row_slot, col_slot = (torch.empty(n, dtype=torch.long, device=device) for _ in range(3))
+            fill_indices(views, [(i, 0, views.offsets[i], size) for i, size in enumerate(layout.sizes)], segment, row_slot, col_slot)
+            long = dict(dtype=torch.long, device=device)
+            row_segment = torch.repeat_interleave(torch.arange(len(layout), **long), torch.tensor(views.rows, **long))
+            counts = [
+                torch.tensor([c for r, c in zip(views.rows, views.cols) for _ in range(r)], device=device),
+                torch.tensor([r for r, c in zip(views.rows, views.cols) for _ in range(c)], device=device),
+                torch.tensor(views.rows, device=device), torch.tensor(layout.sizes, device=device),
+            ]  # fmt: skip
+            if len(self._index) > 64:  # a long run over many layouts: keep the cache small
+                self._index.clear()
+            self._index[key] = (views, [segment, row_slot, col_slot, row_segment, *counts])
+        return self._index[key]
+
+    def forward(
+        self, grad: Tensor, state: tuple[Tensor, Sequence[Tensor]], layout: "Layout | int | None" = None,
+        inputs: Optional[StepInputs] = None,
+    ) -> tuple[Tensor, tuple[Tensor, tuple[Tensor, ...]]]:  # fmt: skip
+        """One differentiable step over every coordinate of ``layout`` (meta-training).
+
+        ``state``: ``(coordinate state (k + 1, n), per-tensor states)``; ``inputs``: the
+        parameters and each tensor's step count.  Returns ``(update, new state)``.
+        """
+        layout = as_layout(grad.shape[0] if layout is None else layout)
+        layout.check(grad)
+        if inputs is None or inputs.param is None or inputs.step is None:
+            raise ConfigError("FeatureMLP reads the parameters and the step number: pass inputs=StepInputs(param=..., step=...)")
+        coordinates, tensors = state
+        views, (segment, row_slot, col_slot, row_segment, row_count, col_count, rows, sizes) = self._indices(layout, grad.device)
+        dtype = self.compute_dtype(grad.dtype)
+        g = grad.to(dtype)
+        beta = decays_column(self.adafactor_decays, g)
+        old_rows = torch.cat([t[:, :r] for t, r in zip(tensors, views.rows)], dim=1).to(dtype)
+        old_cols = torch.cat([t[:, r:] for t, r in zip(tensors, views.rows)], dim=1).to(dtype)
+        g2 = g.square() + TINY
+        new_rows = old_rows * beta + g2.new_zeros(views.num_row_slots).index_add(0, row_slot, g2) / row_count * (1 - beta)
+        new_cols = old_cols * beta + g2.new_zeros(views.num_col_slots).index_add(0, col_slot, g2) / col_count * (1 - beta)
+        row_mean = new_rows.new_zeros(len(beta), len(layout)).index_add(1, row_segment, new_rows) / rows.clamp(min=1)
+        feats, new_coordinates = features(
+            self, g, inputs.param.to(dtype), coordinates.to(dtype), new_rows.index_select(1, row_slot),
+            new_cols.index_select(1, col_slot), row_mean.index_select(1, segment),
+        )  # fmt: skip
+        sums = feats.new_zeros(len(layout), self.num_features).index_add(0, segment, feats.square())
+        normalisers = torch.rsqrt(sums / sizes.clamp(min=1).unsqueeze(1) + TINY)
+        scale = torch.tensor([step_scale(s.shape, self.scaling) for s in layout], dtype=dtype, device=g.device)
+        weights = [w.to(dtype) for w in self.weight_list()]
+        update = head(
+            self, weights, feats * normalisers.index_select(0, segment),
+            time_features(inputs.step, dtype).index_select(0, segment), scale.index_select(0, segment),
+        )  # fmt: skip
+        new_tensors = tuple(
+            torch.cat((r, c), dim=1).to(t.dtype)
+            for r, c, t in zip(new_rows.split(views.rows, dim=1), new_cols.split(views.cols, dim=1), tensors)
+        )
+        return update.to(grad.dtype), (new_coordinates.to(coordinates.dtype), new_tensors)
+
+    def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> FeatureKernel:
+        """The deployment step: a pass over whole tensors (accumulators, normalisers), then chunks in place."""
+        return FeatureKernel(self, dtype, device)
