@@ -1,0 +1,121 @@
+"""FeatureMLP: its two forms agree, it starts like small-lr Adam, its options do what they say, it meta-trains."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2l_lightning import ConfigError, QuadraticTask
+from l2l_lightning.meta.unroll import bind, unroll
+from l2l_lightning.nets import FeatureMLP, Layout, LearnedOptimizerNet, RoutedNets, Segment, StepInputs
+from l2l_lightning.nets.mlp_kernel import matrix_view
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
+
+LAYOUT = Layout([Segment("w", (5, 7)), Segment("b", (5,)), Segment("s", ()), Segment("conv", (3, 2, 2, 2))])
+
+
+def _random_net(**settings) -> FeatureMLP:
+    torch.manual_seed(0)
+    net = FeatureMLP(hidden_size=8, **settings)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.normal_(0, 0.3)  # every path of the net in use, not just the skip
+    return net
+
+
+def _inputs(param: torch.Tensor, step: int, layout: Layout = LAYOUT) -> StepInputs:
+    return StepInputs(param=param, step=torch.full((len(layout),), step, dtype=torch.long))
+
+
+@pytest.mark.parametrize("chunk_size", [7, 4096])
+@pytest.mark.parametrize("state_dtype", [torch.float32, torch.bfloat16])
+def test_deployment_kernel_matches_the_differentiable_forward(chunk_size, state_dtype):
+    """The chunked two-pass step (pieces of small tensors packed, a big one cut) equals forward."""
+    net, n = _random_net(), LAYOUT.numel
+    coordinates, tensors = net.init_state(LAYOUT, dtype=state_dtype)
+    states = [s.clone() for s in coordinates.split(LAYOUT.sizes, dim=1)]
+    tensor_states = [t.clone() for t in tensors]
+    param = torch.randn(n)
+    for step in range(4):
+        grad = torch.randn(n) * (step + 1)
+        update, (coordinates, tensors) = net(grad, (coordinates, tensors), LAYOUT, inputs=_inputs(param, step))
+        deployed = step_inplace(
+            net, grad, states, LAYOUT, tensor_states=tensor_states, inputs=_inputs(param, step),
+            options=StepOptions(chunk_size=chunk_size),
+        )  # fmt: skip
+        torch.testing.assert_close(deployed, update, rtol=1e-5, atol=1e-9)
+        for mine, theirs in zip(states, coordinates.split(LAYOUT.sizes, dim=1)):
+            torch.testing.assert_close(mine, theirs, rtol=1e-2 if state_dtype == torch.bfloat16 else 1e-6, atol=1e-9)
+        for mine, theirs in zip(tensor_states, tensors):
+            torch.testing.assert_close(mine, theirs, rtol=1e-2 if state_dtype == torch.bfloat16 else 1e-5, atol=1e-12)
+        param = param + update
+
+
+def test_untrained_net_steps_like_small_lr_adam():
+    """The first step of an untrained net is −step_mult · sign(g) (Adam's first step, normalised per tensor)."""
+    net = FeatureMLP(step_mult=0.01)
+    grad = torch.randn(LAYOUT.numel)
+    update, _ = net(grad, net.init_state(LAYOUT), LAYOUT, inputs=_inputs(torch.randn(LAYOUT.numel), 0))
+    torch.testing.assert_close(update, -0.01 * grad.sign(), rtol=1e-4, atol=1e-7)
+
+
+def test_tanh_output_bounds_every_coordinate_and_mup_divides_by_fan_in():
+    grad, param = torch.randn(LAYOUT.numel) * 1e3, torch.randn(LAYOUT.numel)
+    state = FeatureMLP().init_state(LAYOUT)
+    bounded = FeatureMLP(output="tanh")
+    with torch.no_grad():
+        bounded.skip.mul_(1e6)
+    update, _ = bounded(grad, state, LAYOUT, inputs=_inputs(param, 0))
+    assert update.abs().max() <= bounded.step_mult * (1 + 1e-6)
+    plain, mup = _random_net(), _random_net(scaling="mup")
+    u_plain, _ = plain(grad, state, LAYOUT, inputs=_inputs(param, 3))
+    u_mup, _ = mup(grad, state, LAYOUT, inputs=_inputs(param, 3))
+    offsets = [0, 35, 40, 41, 65]
+    for (start, end), segment in zip(zip(offsets, offsets[1:]), LAYOUT):
+        fan_in = matrix_view(segment.shape)[1] if len(segment.shape) >= 2 else 1
+        torch.testing.assert_close(u_mup[start:end], u_plain[start:end] / fan_in)
+
+
+def test_state_is_16_bytes_per_coordinate_and_vectors_are_not_factored():
+    net = FeatureMLP()
+    assert net.state_shape(1000) == (4, 1000)  # 3 momenta and a second moment: 16 B in float32 (LSTM: 320 B)
+    assert net.tensor_state_shape(Segment("w", (64, 3, 3, 3))) == (3, 64 + 27)  # rows + columns per decay
+    assert net.tensor_state_shape(Segment("b", (10,))) == (3, 10 + 1)  # per coordinate: the non-factored fallback
+    assert net.tensor_state_shape(Segment("s", ())) == (3, 2)
+
+
+def test_settings_are_checked_and_round_trip_through_the_spec():
+    net = FeatureMLP(hidden_size=4, momentum_decays=[0.1, 0.5, 0.9], scaling="mup", output="tanh")
+    rebuilt = LearnedOptimizerNet.from_spec(net.spec, "test")
+    assert rebuilt.config == net.config and isinstance(rebuilt, FeatureMLP)
+    for bad in ({"scaling": "mu"}, {"output": "clip"}, {"momentum_decays": [1.0]}, {"hidden_size": 0},
+                {"adafactor_decays": [0.9, 0.99], "momentum_decays": [0.9]}, {"step_mult": -1.0}):  # fmt: skip
+        with pytest.raises(ConfigError):
+            FeatureMLP(**bad)
+
+
+def test_reads_param_and_step_and_refuses_to_run_without_them():
+    net = FeatureMLP()
+    assert net.inputs.param and net.inputs.step and not net.inputs.loss and not net.coordinatewise
+    with pytest.raises(ConfigError, match="pass inputs"):
+        net(torch.randn(LAYOUT.numel), net.init_state(LAYOUT), LAYOUT)
+
+
+def test_routing_a_net_with_inputs_is_refused():
+    with pytest.raises(ConfigError, match="not supported yet"):
+        RoutedNets(nets={"all": FeatureMLP()}, routes={"all": ["*"]})
+
+
+def test_meta_gradient_reaches_every_weight_through_an_unroll():
+    task = QuadraticTask(dim=4, num_problems=3)
+    problem = task.sample(torch.Generator().manual_seed(0))
+    net = FeatureMLP(hidden_size=8)
+    bound = bind(net, problem)
+    theta = problem.initial_params()
+    losses, _, state = unroll(bound, problem, theta, bound.init_state(problem.layout), 0, 3)
+    losses.sum().backward()
+    for name, p in net.named_parameters():
+        if name != "layers.0.weight":  # the zero output layer stops it at the first meta-step, as intended
+            assert p.grad is not None and torch.isfinite(p.grad).all(), name
+    assert net.layers[-1].weight.grad.abs().sum() > 0
+    assert isinstance(state, tuple) and len(state[1]) == len(problem.layout)
