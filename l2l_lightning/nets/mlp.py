@@ -42,7 +42,7 @@ from l2l_lightning.nets.base import Inputs, LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
 from l2l_lightning.nets.mlp_kernel import (
     TINY, FeatureKernel, Views, decays_column, features, fill_indices, head, matrix_view, num_features, step_scale,
-    TIMESCALES, time_features,
+    TIMESCALES, first_layer_bias,
 )
 
 Scaling = Literal["none", "mup"]
@@ -145,8 +145,10 @@ class FeatureMLP(LearnedOptimizerNet):
         return ", ".join(f"{k}={v!r}" for k, v in self.config.items())
 
     def weight_list(self) -> list[Tensor]:
-        """``[W, b]`` per layer, then the skip: what :func:`~l2l_lightning.nets.mlp_kernel.head` reads."""
-        return [t for layer in self.layers for t in (layer.weight, layer.bias)] + [self.skip]
+        """What :func:`~l2l_lightning.nets.mlp_kernel.head` reads: the first layer's feature columns, ``W, b``
+        of each later layer, the skip (the first layer's bias and time columns: :func:`first_layer_bias`)."""
+        later = [t for layer in self.layers[1:] for t in (layer.weight, layer.bias)]
+        return [self.layers[0].weight[:, : self.num_features], *later, self.skip]
 
     def state_shape(self, n: int) -> tuple[int, int]:
         return (len(self.momentum_decays) + 1, n)
@@ -202,13 +204,13 @@ class FeatureMLP(LearnedOptimizerNet):
             self, g, inputs.param.to(dtype), coordinates.to(dtype), new_rows.index_select(1, row_slot),
             new_cols.index_select(1, col_slot), row_mean.index_select(1, segment),
         )  # fmt: skip
-        sums = feats.new_zeros(len(layout), self.num_features).index_add(0, segment, feats.square())
-        normalisers = torch.rsqrt(sums / sizes.clamp(min=1).unsqueeze(1) + TINY)
+        sums = feats.new_zeros(self.num_features, len(layout)).index_add(1, segment, feats.square())
+        normalisers = torch.rsqrt(sums / sizes.clamp(min=1) + TINY)
         scale = torch.tensor([step_scale(s.shape, self.scaling) for s in layout], dtype=dtype, device=g.device)
         weights = [w.to(dtype) for w in self.weight_list()]
         update = head(
-            self, weights, feats * normalisers.index_select(0, segment),
-            time_features(inputs.step, dtype).index_select(0, segment), scale.index_select(0, segment),
+            self, weights, feats * normalisers.index_select(1, segment),
+            first_layer_bias(self, inputs.step, dtype).t().index_select(1, segment), scale.index_select(0, segment),
         )  # fmt: skip
         new_tensors = tuple(
             torch.cat((r, c), dim=1).to(t.dtype)

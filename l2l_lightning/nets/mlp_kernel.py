@@ -26,17 +26,15 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any, Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from l2l_lightning.nets.inputs import StepInputs
 from l2l_lightning.nets.kernel import ChunkKernel, Rows
 from l2l_lightning.nets.layout import Layout
-from l2l_lightning.nets.lstm_kernel import linear
 
 #: Timescales of the step-number embeddings ``tanh(step / timescale − 1)`` (the reference's 11).
 TIMESCALES: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
@@ -117,25 +115,34 @@ def decays_column(decays: Sequence[float], like: Tensor) -> Tensor:
 
 
 def features(
-    net: FeatureSettings, g: Tensor, p: Tensor, state: Tensor, row: Tensor, col: Tensor, row_mean: Tensor
+    net: FeatureSettings, g: Tensor, p: Tensor, state: Tensor, row: Tensor, col: Tensor, row_mean: Tensor,
+    inplace: bool = False,
 ) -> tuple[Tensor, Tensor]:
-    """``(features (c, F), new state (k + 1, c))`` for ``c`` coordinates.
+    """``(features (F, c), new state (k + 1, c))`` for ``c`` coordinates (features along dim 0).
 
     ``state``: the momenta at each decay, then the second moment; ``row``, ``col``: each
     coordinate's new Adafactor row and column accumulators ``(a, c)``; ``row_mean``: the mean of
-    its tensor's row accumulators.  Out-of-place, so autograd can differentiate through it.
+    its tensor's row accumulators (``(a, c)``, or ``(a, 1)`` for one tensor).  Out-of-place, so
+    autograd can differentiate through it; ``inplace``: advance ``state`` itself (the deployment
+    chunk, whose state is written anyway) instead of a new tensor.
     """
     k, a = len(net.momentum_decays), len(net.adafactor_decays)
     beta = decays_column(net.momentum_decays, g)
-    m = state[:k] * beta + g * (1 - beta)
-    v = state[k] * net.rms_decay + g.square() * (1 - net.rms_decay)
+    if inplace:
+        m = state[:k].mul_(beta).addcmul_(1 - beta, g)
+        v = state[k].mul_(net.rms_decay).addcmul_(g, g, value=1 - net.rms_decay)
+        new_state = state
+    else:
+        m = state[:k] * beta + g * (1 - beta)
+        v = state[k] * net.rms_decay + g.square() * (1 - net.rms_decay)
+        new_state = torch.cat((m, v.unsqueeze(0)))
     rs = torch.rsqrt(v + V_EPS)
     factor = torch.rsqrt(row / row_mean + TINY) * torch.rsqrt(col + TINY)
     columns = [
         g.unsqueeze(0), p.unsqueeze(0), m, v.unsqueeze(0), m * rs, rs.unsqueeze(0),
         g * factor, row, col, torch.rsqrt(row + TINY), torch.rsqrt(col + TINY), m[:a] * factor,
     ]  # fmt: skip
-    return torch.cat(columns).t(), torch.cat((m, v.unsqueeze(0)))
+    return torch.cat(columns), new_state
 
 
 def time_features(step: Tensor, dtype: torch.dtype) -> Tensor:
@@ -144,27 +151,35 @@ def time_features(step: Tensor, dtype: torch.dtype) -> Tensor:
     return torch.tanh(step.to(dtype).unsqueeze(1) / timescales - 1)
 
 
-Linear = Callable[[Tensor, Tensor, Optional[Tensor]], Tensor]
+def first_layer_bias(net: Any, step: Tensor, dtype: torch.dtype) -> Tensor:
+    """Per segment ``(segments, width)``: the first layer's bias plus its read of the time embeddings.
 
-
-def head(
-    net: FeatureSettings, weights: Sequence[Tensor], x: Tensor, time: Tensor, scale: Tensor, mm: Linear = F.linear
-) -> Tensor:
-    """The update of ``c`` coordinates from their normalised features ``x`` and time embeddings.
-
-    ``weights``: ``[W, b] per layer..., skip]``; the hidden layers are ReLU, the last gives
-    ``(direction, magnitude)``, and ``skip`` adds a linear read of the features to the direction
-    (initialised to the Adam-like feature ``m / √v``, so an untrained net steps like small-lr Adam).
+    The time embeddings are the same for every coordinate of a tensor, so their product with
+    the first layer's time columns is taken once per tensor instead of once per coordinate.
     """
-    h = torch.cat((x, time), dim=1)
-    *layers, skip = weights
-    for index in range(0, len(layers) - 2, 2):
-        h = torch.relu(mm(h, layers[index], layers[index + 1]))
-    out = mm(h, layers[-2], layers[-1])
-    direction = out[:, 0] + x @ skip
+    first = net.layers[0]
+    weight = first.weight[:, net.num_features :].to(dtype)
+    return torch.addmm(first.bias.to(dtype), time_features(step, dtype), weight.t())
+
+
+def head(net: FeatureSettings, weights: Sequence[Tensor], x: Tensor, first: Tensor, scale: Tensor) -> Tensor:
+    """The update of ``c`` coordinates from their normalised features ``x`` ``(F, c)``.
+
+    ``weights``: the first layer's feature columns, then ``W, b`` of each later layer, then the
+    skip; ``first``: the first layer's bias and time read ``(width, c)`` (``(width, 1)`` for one
+    tensor, :func:`first_layer_bias`).  Coordinates run along the columns throughout (``W @ x``:
+    measured ~20% faster on CPU than rows of coordinates, and no transposes).  Hidden layers are
+    ReLU, the last gives ``(direction, magnitude)``, and the skip adds a linear read of the
+    features to the direction (initialised to the Adam-like ``m / √v``, so an untrained net steps
+    like small-lr Adam).
+    """
+    h = torch.mm(weights[0], x).add_(first)
+    for index in range(1, len(weights) - 1, 2):
+        h = torch.addmm(weights[index + 1].unsqueeze(1), weights[index], h.relu_())
+    direction = h[0] + weights[-1] @ x
     if net.output == "tanh":
         direction = torch.tanh(direction)
-    return -(direction * torch.exp(out[:, 1] * net.exp_mult) * (scale * net.step_mult))
+    return -(direction * torch.exp(h[1] * net.exp_mult) * (scale * net.step_mult))
 
 
 class FeatureKernel(ChunkKernel):
@@ -173,14 +188,16 @@ class FeatureKernel(ChunkKernel):
     :meth:`prepare_step` advances every tensor's Adafactor accumulators (returned, for the
     runtime to write), and computes each tensor's feature normalisers from the features of
     all its coordinates (read, not written).  Each chunk then recomputes its features,
-    normalises them, runs the MLP and writes its per-coordinate state in place.
+    normalises them, runs the MLP and advances its per-coordinate state in place.  Per-tensor
+    values (normalisers, the first layer's time bias, the row means, the step scale) are read
+    by broadcasting for a chunk inside one tensor, gathered row by row only for packed pieces.
     """
 
     coordinate_dim = 1
 
     def __init__(self, net: Any, dtype: torch.dtype, device: torch.device) -> None:
         self.net, self.dtype = net, dtype
-        self.weights = [w.to(device=device, dtype=dtype) for w in net.weight_list()]
+        self.weights = [w.to(device=device, dtype=dtype).contiguous() for w in net.weight_list()]
 
     def state_shape(self, n: int) -> tuple[int, ...]:
         return self.net.state_shape(n)
@@ -214,7 +231,8 @@ class FeatureKernel(ChunkKernel):
         self.row_mean = torch.stack([r.mean(1) for r in rows])
         scale = torch.tensor([step_scale(s.shape, net.scaling) for s in layout], dtype=dtype, device=grad.device)
         normalisers = self._normalisers(grad, states, layout)
-        self.table = torch.cat((normalisers, time_features(inputs.step, dtype), scale.unsqueeze(1)), dim=1)
+        first = first_layer_bias(net, inputs.step, dtype)
+        self.table = torch.cat((normalisers, first, scale.unsqueeze(1)), dim=1)
         return new
 
     def _normalisers(self, grad: Tensor, states: Sequence[Tensor], layout: Layout) -> Tensor:
@@ -226,28 +244,39 @@ class FeatureKernel(ChunkKernel):
                 length = min(PASS_ROWS, size - start)
                 flat = self.views.offsets[index] + start
                 g = grad[flat : flat + length].to(self.dtype)
-                feats, _ = self._features(work, g, state.narrow(1, start, length), [(index, start, 0, length)])
-                sums[index] += feats.square().sum(0)
+                feats, _ = self._features(work, g, state.narrow(1, start, length).to(self.dtype), [(index, start, 0, length)])
+                sums[index] += feats.square().sum(1)
         sizes = torch.tensor(layout.sizes, dtype=self.dtype, device=grad.device).clamp(min=1).unsqueeze(1)
         return torch.rsqrt(sums / sizes + TINY)
 
-    def _features(self, work: dict[str, Tensor], g: Tensor, state: Tensor, rows: Rows) -> tuple[Tensor, Tensor]:
-        """The chunk's un-normalised features and new state (rows' slots gathered from the step's tables)."""
+    def _per_tensor(self, table: Tensor, work: dict[str, Tensor], c: int, rows: Rows) -> Tensor:
+        """``table``'s row for each of the chunk's rows: one row, broadcast, for a chunk inside one tensor."""
+        if len(rows) == 1:
+            return table[rows[0][0]].unsqueeze(0)
+        return table.index_select(0, work["segment"][:c])
+
+    def _features(
+        self, work: dict[str, Tensor], g: Tensor, state: Tensor, rows: Rows, inplace: bool = False
+    ) -> tuple[Tensor, Tensor]:
+        """The chunk's un-normalised features ``(F, c)`` and new state (rows' slots gathered from the step's tables)."""
         c = g.shape[0]
-        segment, row_slot, col_slot, p = work["segment"][:c], work["row"][:c], work["col"][:c], work["param"][:c]
+        segment, row_slot, col_slot = work["segment"][:c], work["row"][:c], work["col"][:c]
         fill_indices(self.views, rows, segment, row_slot, col_slot)
-        for index, start, row, length in rows:
-            flat = self.views.offsets[index] + start
-            p[row : row + length].copy_(self.param[flat : flat + length])
+        if len(rows) == 1 and self.param.dtype == self.dtype:
+            flat = self.views.offsets[rows[0][0]] + rows[0][1]
+            p = self.param[flat : flat + c]
+        else:
+            p = work["param"][:c]
+            for index, start, row, length in rows:
+                flat = self.views.offsets[index] + start
+                p[row : row + length].copy_(self.param[flat : flat + length])
         return features(
-            self.net, g, p, state.to(self.dtype), self.row_table.index_select(1, row_slot),
-            self.col_table.index_select(1, col_slot), self.row_mean.index_select(0, segment).t(),
+            self.net, g, p, state, self.row_table.index_select(1, row_slot), self.col_table.index_select(1, col_slot),
+            self._per_tensor(self.row_mean, work, c, rows).t(), inplace=inplace,
         )  # fmt: skip
 
     def __call__(self, buffers: dict[str, Tensor], g: Tensor, state: Tensor, rows: Rows) -> Tensor:
-        net, f = self.net, self.net.num_features
-        feats, new_state = self._features(buffers, g, state, rows)
-        per_row = self.table.index_select(0, buffers["segment"][: g.shape[0]])
-        update = head(net, self.weights, feats * per_row[:, :f], per_row[:, f:-1], per_row[:, -1], mm=linear)
-        state.copy_(new_state)
-        return update
+        f = self.net.num_features
+        feats, _ = self._features(buffers, g, state, rows, inplace=True)
+        per_tensor = self._per_tensor(self.table, buffers, g.shape[0], rows).t()
+        return head(self.net, self.weights, feats.mul_(per_tensor[:f]), per_tensor[f:-1], per_tensor[-1])
