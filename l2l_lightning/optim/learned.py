@@ -231,7 +231,7 @@ class LearnedOptimizer(Optimizer):
 
     def _net_for(self, device: torch.device, grad_dtype: torch.dtype) -> LearnedOptimizerNet:
         """The net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
-        dtype = torch.promote_types(grad_dtype, next(self._net.parameters()).dtype)
+        dtype = self._net.compute_dtype(grad_dtype)  # a net without weights: the gradient's
         key = (device, dtype)
         net = self._nets.get(key)
         if net is None:
