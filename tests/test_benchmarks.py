@@ -35,7 +35,7 @@ def test_step_overhead_runs(capsys):
 def test_feature_step_runs():
     out = _load("feature_step").main(["--sizes", "2k", "--repeats", "1", "--threads", "1"])
     row = [line for line in out.splitlines() if line.startswith("| 2k (")][0]
-    assert row.count("×") == 2 and "320 B" in row
+    assert row.count("×") == 4 and "320 B" in row
 
 
 def test_meta_throughput_runs():

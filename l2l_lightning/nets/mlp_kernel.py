@@ -157,7 +157,7 @@ def first_layer_bias(net: Any, step: Tensor, dtype: torch.dtype) -> Tensor:
     The time embeddings are the same for every coordinate of a tensor, so their product with
     the first layer's time columns is taken once per tensor instead of once per coordinate.
     """
-    first = net.layers[0]
+    first = net.first_layer
     weight = first.weight[:, net.num_features :].to(dtype)
     return torch.addmm(first.bias.to(dtype), time_features(step, dtype), weight.t())
 
@@ -176,10 +176,16 @@ def head(net: FeatureSettings, weights: Sequence[Tensor], x: Tensor, first: Tens
     h = torch.mm(weights[0], x).add_(first)
     for index in range(1, len(weights) - 1, 2):
         h = torch.addmm(weights[index + 1].unsqueeze(1), weights[index], h.relu_())
-    direction = h[0] + weights[-1] @ x
+    return direction_to_update(net, h, weights[-1] @ x, scale)
+
+
+def direction_to_update(net: FeatureSettings, out: Tensor, skip: Tensor, scale: Tensor) -> Tensor:
+    """``−direction · exp(exp_mult · magnitude) · step_mult · scale`` from a head's ``out`` ``(2, c)``
+    (direction, magnitude) and the skip's read of the features (added to the direction)."""
+    direction = out[0] + skip
     if net.output == "tanh":
         direction = torch.tanh(direction)
-    return -(direction * torch.exp(h[1] * net.exp_mult) * (scale * net.step_mult))
+    return -(direction * torch.exp(out[1] * net.exp_mult) * (scale * net.step_mult))
 
 
 class FeatureKernel(ChunkKernel):
@@ -276,7 +282,11 @@ class FeatureKernel(ChunkKernel):
         )  # fmt: skip
 
     def __call__(self, buffers: dict[str, Tensor], g: Tensor, state: Tensor, rows: Rows) -> Tensor:
-        f = self.net.num_features
+        net = self.net
+        f, k = net.num_features, len(net.momentum_decays) + 1
         feats, _ = self._features(buffers, g, state, rows, inplace=True)
         per_tensor = self._per_tensor(self.table, buffers, g.shape[0], rows).t()
-        return head(self.net, self.weights, feats.mul_(per_tensor[:f]), per_tensor[f:-1], per_tensor[-1])
+        update, recurrent = net.step_head(self.weights, feats.mul_(per_tensor[:f]), per_tensor[f:-1], per_tensor[-1], state[k:])
+        if recurrent is not None:
+            state[k:].copy_(recurrent)
+        return update
