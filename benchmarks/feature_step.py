@@ -9,7 +9,7 @@ random gradients; only the optimizer step is timed).  Interleaved round-robin in
 so every candidate sees the same background load, it times ``LearnedOptimizer.step`` with
 :class:`~l2l_lightning.FeatureMLP` (default settings: hidden 32 × 2, momenta and Adafactor
 statistics at 3 decays; the chunked two-pass runtime), with :class:`~l2l_lightning.FeatureLSTM`
-(the same features, an LSTM head of 2 × 16), with the paper's LSTM (2 × 20, ``log_sign``) and
+(the same features, an LSTM head of one layer of 16), with the paper's LSTM (2 × 20, ``log_sign``) and
 ``torch.optim.Adam``, and reports the feature nets' times as ratios to the paper LSTM's and Adam's.  Memory per parameter is every optimizer state tensor (per-coordinate and per-tensor)
 divided by the parameter count.  ``--with-compiled`` also times the feature MLP with
 ``compile=True`` (it has no pure chunk form yet, so this measures only the fallback).

@@ -7,8 +7,10 @@ stacked coordinatewise LSTM instead of an MLP.  Its ``(h, c)`` per layer are mor
 per-coordinate state, after the features' (coordinates along columns, as everywhere in the
 feature nets), so deployment runs the same two-pass chunked kernel, the state advanced in place.
 
-Memory per coordinate: ``k + 1 + 2 · num_layers · hidden_size`` numbers: 68 (272 B in float32)
-with the defaults (2 layers of 16), under the paper LSTM's 80 (320 B).
+Memory per coordinate: ``k + 1 + 2 · num_layers · hidden_size`` numbers: 36 (144 B in float32)
+with the defaults (one layer of 16), under the paper LSTM's 80 (320 B).  The defaults are what
+kept its deployment step under the paper LSTM's at 1M parameters on CPU (``benchmarks/feature_step.py``,
+one run: one layer of 16 0.88×, one of 20 1.03×, two of 16 1.38× the paper LSTM's step).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ class FeatureLSTM(FeatureNet):
     def __init__(
         self,
         hidden_size: int = 16,
-        num_layers: int = 2,
+        num_layers: int = 1,
         momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
         rms_decay: float = 0.999,
         adafactor_decays: Sequence[float] = (0.9, 0.99, 0.999),

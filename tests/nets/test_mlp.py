@@ -20,7 +20,7 @@ NETS = [FeatureMLP, FeatureLSTM]
 
 def _random_net(net_class: type = FeatureMLP, **settings) -> FeatureMLP:
     torch.manual_seed(0)
-    net = net_class(hidden_size=8, **settings)
+    net = net_class(hidden_size=8, **settings) if net_class is FeatureMLP else net_class(hidden_size=8, num_layers=2, **settings)
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0, 0.3)  # every path of the net in use, not just the skip
@@ -85,7 +85,8 @@ def test_tanh_output_bounds_every_coordinate_and_mup_divides_by_fan_in():
 def test_state_is_16_bytes_per_coordinate_and_vectors_are_not_factored():
     net = FeatureMLP()
     assert net.state_shape(1000) == (4, 1000)  # 3 momenta and a second moment: 16 B in float32 (LSTM: 320 B)
-    assert FeatureLSTM().state_shape(10) == (4 + 2 * 2 * 16, 10)  # + (h, c) of 2 layers of 16: 272 B
+    assert FeatureLSTM().state_shape(10) == (4 + 2 * 16, 10)  # + (h, c) of one layer of 16: 144 B
+    assert FeatureLSTM(num_layers=2).state_shape(10) == (4 + 2 * 2 * 16, 10)
     assert net.tensor_state_shape(Segment("w", (64, 3, 3, 3))) == (3, 64 + 27)  # rows + columns per decay
     assert net.tensor_state_shape(Segment("b", (10,))) == (3, 10 + 1)  # per coordinate: the non-factored fallback
     assert net.tensor_state_shape(Segment("s", ())) == (3, 2)
