@@ -11,6 +11,7 @@ from l2l_lightning.meta.unroll import bind, unroll
 from l2l_lightning.nets import FeatureLSTM, FeatureMLP, Layout, LearnedOptimizerNet, RoutedNets, Segment, StepInputs
 from l2l_lightning.nets.mlp_kernel import matrix_view
 from l2l_lightning.optim.runtime import StepOptions, step_inplace
+from tests.conftest import fit_tiny
 
 LAYOUT = Layout([Segment("w", (5, 7)), Segment("b", (5,)), Segment("s", ()), Segment("conv", (3, 2, 2, 2))])
 
@@ -128,3 +129,19 @@ def test_meta_gradient_reaches_the_output_through_an_unroll(net_class):
     output = net.layers[-1] if isinstance(net, FeatureMLP) else net.output_layer
     assert output.weight.grad.abs().sum() > 0  # the zero output layer learns first, then the rest
     assert isinstance(state, tuple) and len(state[1]) == len(problem.layout)
+
+
+@pytest.mark.parametrize("net_class", NETS)
+def test_meta_training_resumes_bit_exactly_with_per_tensor_state(tmp_path, net_class):
+    """Stopped halfway through a problem (its per-tensor state in the checkpoint's carry) and resumed: as straight."""
+
+    def net() -> FeatureMLP:
+        torch.manual_seed(0)
+        return net_class(hidden_size=4)
+
+    straight = fit_tiny(tmp_path, 4, net=net())
+    fit_tiny(tmp_path, 3, save=tmp_path / "part.ckpt", net=net())
+    resumed = fit_tiny(tmp_path, 4, ckpt_path=tmp_path / "part.ckpt", net=net())
+    for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert torch.equal(straight.stream.carry.theta, resumed.stream.carry.theta)
