@@ -127,7 +127,7 @@ class LearnedOptimizer(Optimizer):
             a file (``"./quadratic"`` is); see :func:`l2l_lightning.optim.pretrained.load_net`.
         lr: multiplies the net's update (``θ ← θ + lr · update``); 1.0 reproduces the
             trained behaviour.  Per group, and what LR schedulers change.
-        state_dtype: dtype of the per-coordinate LSTM state, per group: ``"float32"``
+        state_dtype: dtype of the net state (and per-tensor state), per group: ``"float32"``
             (default) or ``"bfloat16"`` (half the memory; the state is rounded after each step).
         chunk_size: coordinates per chunk of the step (default: 8192 on CPU, 2**18 on CUDA,
             see :data:`~l2l_lightning.optim.runtime.DEFAULT_CHUNK_SIZE`); bounds the step's

@@ -19,8 +19,8 @@ def warn_skipped(reason: str, deferred: bool = False) -> None:
     else:
         message = (
             "LearnedOptimizer: the net produced a non-finite update from finite gradients; the step was "
-            "skipped for all parameters (none changed), and the LSTM states of the coordinates with a "
-            "non-finite update were reset to zeros"
+            "skipped for all parameters (none changed), and the net states of the coordinates with a "
+            "non-finite update (and the per-tensor states of their tensors) were reset to zeros"
         )
     if deferred:
         message += " (reported by a later call: on this device the check runs without a host sync)"
