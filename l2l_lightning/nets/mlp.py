@@ -83,14 +83,15 @@ class FeatureNet(LearnedOptimizerNet):
 
     def __init__(
         self,
-        momentum_decays: Sequence[float] = (0.9, 0.99, 0.999),
-        rms_decay: float = 0.999,
-        adafactor_decays: Sequence[float] = (0.9, 0.99, 0.999),
-        exp_mult: float = 0.001,
-        step_mult: float = 0.001,
-        scaling: Scaling = "none",
-        output: Output = "linear",
+        momentum_decays: Sequence[float],
+        rms_decay: float,
+        adafactor_decays: Sequence[float],
+        exp_mult: float,
+        step_mult: float,
+        scaling: Scaling,
+        output: Output,
     ) -> None:
+        """The shared settings, checked (the defaults are the subclasses': their signatures are what YAML configures)."""
         super().__init__()
         name = type(self).__name__
         self.momentum_decays = _check_decays(f"{name}: momentum_decays", momentum_decays)
