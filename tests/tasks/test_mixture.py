@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from l2l_lightning import ConfigError, TaskMixture
+from l2l_lightning import ConfigError, CoordinatewiseLSTM, FeatureMLP, TaskMixture
 from l2l_lightning.meta.estimators import PES
 from l2l_lightning.tasks.base import ScaledProblem, StackedModuleProblem
 from tests.conftest import fit_tiny
@@ -118,15 +118,23 @@ def test_bad_mixture_configs_get_a_one_line_error(tmp_path, capsys, args, messag
     assert exit_info.value.code == 2 and err.startswith("l2l: error: ") and message in err and "Traceback" not in err
 
 
-def pes_mixture_run(tmp_path, roots, max_steps, ckpt_path=None, save=None):
-    """Meta-training with PES on the mixture: 4 inner steps per problem, truncations of 2."""
-    return fit_tiny(tmp_path, max_steps, ckpt_path, save, task=mixture(roots), estimator=PES(num_particles=2, sigma=0.01))
+NETS = {"lstm": lambda: CoordinatewiseLSTM(hidden_size=4), "feature_mlp": lambda: FeatureMLP(hidden_size=4, hidden_layers=1)}
 
 
+def pes_mixture_run(tmp_path, roots, net, max_steps, ckpt_path=None, save=None):
+    """Meta-training with PES on the mixture: 4 inner steps per problem, truncations of 2 (the net built from seed 0)."""
+    torch.manual_seed(0)
+    return fit_tiny(
+        tmp_path, max_steps, ckpt_path, save, task=mixture(roots), net=NETS[net](), estimator=PES(num_particles=2, sigma=0.01)
+    )
+
+
+@pytest.mark.parametrize("net", sorted(NETS))
 @pytest.mark.parametrize("stop", [3, 4])
-def test_meta_training_across_sizes_with_pes_resumes_bit_exactly(tmp_path, roots, stop, monkeypatch):
-    """Problems of different architectures follow each other in one run; a run stopped at a truncation
-    boundary (3: halfway through a problem, 4: between problems) and resumed follows the straight one."""
+def test_meta_training_across_sizes_with_pes_resumes_bit_exactly(tmp_path, roots, stop, net, monkeypatch):
+    """Problems of different architectures follow each other in one run (per-coordinate and, for the
+    feature MLP, per-tensor state started afresh for each); a run stopped at a truncation boundary
+    (3: halfway through a problem, 4: between problems) and resumed follows the straight one."""
     sizes = []
     original = StackedModuleProblem.__init__
 
@@ -135,10 +143,10 @@ def test_meta_training_across_sizes_with_pes_resumes_bit_exactly(tmp_path, roots
         sizes.append(self.initial_params().numel())
 
     monkeypatch.setattr(StackedModuleProblem, "__init__", spy)
-    straight = pes_mixture_run(tmp_path, roots, 8)
+    straight = pes_mixture_run(tmp_path, roots, net, 8)
     assert len(set(sizes)) > 1  # the net met problems of different sizes in one run
-    pes_mixture_run(tmp_path, roots, stop, save=tmp_path / "part.ckpt")
-    resumed = pes_mixture_run(tmp_path, roots, 8, ckpt_path=tmp_path / "part.ckpt")
+    pes_mixture_run(tmp_path, roots, net, stop, save=tmp_path / "part.ckpt")
+    resumed = pes_mixture_run(tmp_path, roots, net, 8, ckpt_path=tmp_path / "part.ckpt")
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(straight.stream.carry.theta, resumed.stream.carry.theta)
