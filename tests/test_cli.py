@@ -36,9 +36,14 @@ def test_print_config_documents_every_setting(capsys):
 
 
 def test_fit_runs_meta_steps_then_tests_the_best_checkpoint(tmp_path, capsys):
-    run_cli([], tmp_path)
+    previous_umask = os.umask(0o022)
+    try:
+        run_cli([], tmp_path)
+    finally:
+        os.umask(previous_umask)
     checkpoints = list(tmp_path.glob("quadratic/version_*/checkpoints/*.ckpt"))
     assert any(c.name.startswith("best-") for c in checkpoints) and any(c.name == "last.ckpt" for c in checkpoints)
+    assert {oct(c.stat().st_mode & 0o777) for c in checkpoints} == {"0o644"}  # readable by colleagues, as open() makes
     out = capsys.readouterr().out
     assert "test/mean_loss" in out and "test/adam_mean_loss" in out
     best = next(c for c in checkpoints if c.name.startswith("best-"))
