@@ -5,15 +5,28 @@ evaluate a checkpoint (``--ckpt_path``).  After ``fit`` the best checkpoint is
 evaluated on the held-out test problems unless ``--test_after_fit false``.
 ``l2l compare`` (not a LightningCLI subcommand, a jsonargparse one) runs
 :func:`l2l_lightning.compare.compare`.
+
+**Quiet by default.**  Every command prints its progress bars, its results table and the
+warnings that ask the user to act, nothing else: Lightning's ``INFO`` messages (hardware
+found, seeds set, advertising tips, checkpoints restored) are below the level of its loggers,
+the model summary is off unless ``--trainer.enable_model_summary true``, and deprecation
+warnings raised inside Lightning's own code (its calls into torch, which only a new Lightning
+release can fix) are not shown.  ``--verbose`` (any subcommand) brings all of it back.
+Warnings about this project's own mechanisms are fixed where they arise, not hidden here.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Optional
 
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
@@ -25,7 +38,14 @@ from l2l_lightning.serialization import FORMAT as EXPORT_FORMAT
 
 
 class L2LCLI(LightningCLI):
-    """LightningCLI restricted to the subcommands that make sense for meta-training."""
+    """LightningCLI restricted to the subcommands that make sense for meta-training.
+
+    ``verbose``: the ``l2l --verbose`` flag (:func:`pop_verbose`); without it the model summary is off.
+    """
+
+    def __init__(self, *args: Any, verbose: bool = False, **kwargs: Any) -> None:
+        self.verbose = verbose
+        super().__init__(*args, **kwargs)
 
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
@@ -40,6 +60,7 @@ class L2LCLI(LightningCLI):
             help="After fit, evaluate the best checkpoint on the held-out test problems.",
         )
 
+
     def _ignore_checkpoint_hparams(self) -> None:
         """Let the command line, not the checkpoint, decide the task and the evaluation.
 
@@ -53,6 +74,8 @@ class L2LCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         check_ckpt_path(config.get("ckpt_path"))
+        if not self.verbose and config.trainer.get("enable_model_summary") is None:
+            config.trainer.enable_model_summary = False  # quiet unless asked; an explicit true is kept
         if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
             # LightningCLI would silently ignore it: the scheduler needs the optimizer it schedules.
             raise ConfigError(
@@ -68,6 +91,14 @@ class L2LCLI(LightningCLI):
         another file system, and never fsyncs; :class:`~l2l_lightning.meta.checkpoint_io.AtomicCheckpointIO`
         writes next to the checkpoint, fsyncs and renames.
         """
+        trainer_config = self._get(self.config_init, "trainer", default={})
+        if "callbacks" not in kwargs and trainer_config.get("enable_checkpointing") is not False:
+            given = trainer_config.get("callbacks") or []
+            given = given if isinstance(given, list) else [given]
+            if not any(isinstance(callback, Checkpoint) for callback in given):
+                # The model's checkpoints go to the trainer itself, so Lightning creates no default
+                # ModelCheckpoint for MetaLearner.configure_callbacks to replace (and announce).
+                kwargs["callbacks"] = [*given, *self.model.checkpoint_callbacks()]
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -76,8 +107,10 @@ class L2LCLI(LightningCLI):
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
             callback = self.trainer.checkpoint_callback
-            # "best" only exists once a validation ran; otherwise test the weights as they are.
-            ckpt = "best" if callback is not None and getattr(callback, "best_model_path", "") else None
+            # The best checkpoint's own path, not "best", which Lightning resolves with a warning
+            # when the trainer holds several checkpoint callbacks (best and last.ckpt's).  It only
+            # exists once a validation ran; otherwise test the weights as they are.
+            ckpt = getattr(callback, "best_model_path", "") or None
             self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
 
 
@@ -116,13 +149,67 @@ def check_ckpt_path(ckpt_path: Any) -> None:
 setattr(L2LCLI, CHECKPOINT_HPARAMS_METHOD, L2LCLI._ignore_checkpoint_hparams)
 
 
+#: The loggers whose INFO messages quiet mode hides (rank-zero info, seeds, tips, restores).
+_LIGHTNING_LOGGERS = ("lightning.pytorch", "lightning.fabric")
+
+
+#: Appended to the description of every ``--help``: the flag is the ``l2l`` command's, see :func:`pop_verbose`.
+VERBOSE_HELP = (
+    " Add --verbose to any command to also see Lightning's information messages, the model summary and "
+    "the deprecation warnings raised inside Lightning."
+)
+
+
+def pop_verbose(argv: list[str]) -> tuple[list[str], bool]:
+    """``argv`` without the ``l2l`` command's own ``--verbose`` flag, and whether it was there.
+
+    A flag of the command rather than of a subcommand's parser, because ``validate`` and
+    ``test`` already have a ``--verbose`` (Lightning's, whether to print the results, true by
+    default); that one is still theirs when given a value: ``l2l test --verbose false``.
+    """
+    kept, verbose = [], False
+    for index, token in enumerate(argv):
+        following = argv[index + 1].lower() if index + 1 < len(argv) else ""
+        if token == "--verbose" and following not in ("true", "false"):
+            verbose = True
+        else:
+            kept.append(token)
+    return kept, verbose
+
+
+def quiet_lightning() -> None:
+    """Hide Lightning's INFO messages and the deprecation warnings raised in its code (``--verbose`` skips this).
+
+    Through Lightning's own mechanism, the level of its ``logging`` loggers, plus one warnings
+    filter for deprecations *attributed to* Lightning's modules (e.g. its use of a torch API that
+    torch deprecated), which the user can do nothing about.  Run inside :func:`_output_settings`,
+    which restores both afterwards.
+    """
+    for name in _LIGHTNING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for category in (DeprecationWarning, FutureWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"lightning\.")
+
+
+@contextmanager
+def _output_settings() -> Iterator[None]:
+    """Logger levels and warning filters as they were before the command, whatever it changed."""
+    levels = {name: logging.getLogger(name).level for name in _LIGHTNING_LOGGERS}
+    try:
+        with warnings.catch_warnings():
+            yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
 def compare_main(args: list[str]) -> None:
     """``l2l compare``: see :func:`l2l_lightning.compare.compare` (every argument is a flag)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
 
     from l2l_lightning.compare import compare, format_table
 
-    parser = ArgumentParser(prog="l2l compare", description=compare.__doc__.split("\n")[0])
+    parser = ArgumentParser(prog="l2l compare", description=compare.__doc__.split("\n")[0] + VERBOSE_HELP)
     parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the flags below")
     parser.add_function_arguments(compare, fail_untyped=True)
     config = parser.parse_args(args)
@@ -137,20 +224,30 @@ def compare_main(args: list[str]) -> None:
 def main(args: Optional[ArgsType] = None) -> None:
     """Entry point of the ``l2l`` console script."""
     argv = sys.argv[1:] if args is None else args
-    try:
-        if isinstance(argv, list) and argv[:1] == ["compare"]:
-            return compare_main(argv[1:])
-        L2LCLI(
-            MetaLearner,
-            seed_everything_default=0,
-            save_config_kwargs={"overwrite": True},
-            parser_kwargs={"description": "Meta-train learned optimizers (fit/validate/test). "
-                           "Also: `l2l compare --help` to compare trained optimizers with tuned baselines."},
-            args=args,
-        )
-    except (L2LError, FileNotFoundError) as error:  # bad input: one line, no traceback
-        print(f"l2l: error: {error}", file=sys.stderr)
-        sys.exit(2)
+    verbose = False
+    if isinstance(argv, list):
+        argv, verbose = pop_verbose(argv)
+        if args is None:
+            sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (and warns when given both)
+    with _output_settings():
+        if not verbose:
+            quiet_lightning()
+        try:
+            if isinstance(argv, list) and argv[:1] == ["compare"]:
+                return compare_main(argv[1:])
+            L2LCLI(
+                MetaLearner,
+                seed_everything_default=0,
+                save_config_kwargs={"overwrite": True},
+                parser_kwargs={"description": "Meta-train learned optimizers (fit/validate/test). "
+                               "Also: `l2l compare --help` to compare trained optimizers with tuned baselines."
+                               + VERBOSE_HELP},
+                args=None if args is None else argv,
+                verbose=verbose,
+            )
+        except (L2LError, FileNotFoundError) as error:  # bad input: one line, no traceback
+            print(f"l2l: error: {error}", file=sys.stderr)
+            sys.exit(2)
 
 
 if __name__ == "__main__":

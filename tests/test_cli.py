@@ -237,3 +237,38 @@ def test_the_l2l_command_saves_checkpoints_atomically():
 
     cli = L2LCLI(MetaLearner, args=["--config", CONFIG, *FAST], run=False, trainer_defaults={"plugins": [MyIO()]})
     assert type(cli.trainer.strategy.checkpoint_io) is MyIO  # a plugin the user chose is kept
+
+
+def _l2l(args, cwd):
+    """``l2l ARGS`` in a fresh process, as a user sees it (this interpreter, the checkout on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "l2l_lightning.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)  # fmt: skip
+
+
+TINY_FIT = ["fit", "--config", CONFIG, *FAST, "--trainer.log_every_n_steps", "1", "--model.val_problems", "1"]
+TINY_COMPARE = ["compare", "--learned", "[quadratic]", "--task", "l2l_lightning.QuadraticTask", "--num_problems", "1",
+                "--tune_problems", "1", "--num_steps", "5", "--lrs", "[0.01, 0.1]", "--progress", "false"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_tiny_fit_prints_its_results_and_nothing_else(tmp_path):
+    """No tips, no hardware report, no model summary, no warnings about our own checkpoint callbacks or saves."""
+    quiet = _l2l(TINY_FIT, tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr == ""
+    lines = [line for line in quiet.stdout.splitlines() if line.strip()]
+    assert "Test metric" in quiet.stdout and all(("test/" in line or "─" in line or "Test metric" in line) for line in lines), lines
+    verbose = _l2l([*TINY_FIT, "--verbose"], tmp_path)  # everything comes back
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    for expected in ("Seed set to 0", "GPU available", "Tip", "Trainable params", "Restoring states"):
+        assert expected in verbose.stderr + verbose.stdout, expected
+
+
+@pytest.mark.slow
+def test_a_tiny_compare_prints_its_table_and_nothing_else(tmp_path):
+    proc = _l2l([*TINY_COMPARE, "--out_dir", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines()[0].split() == ["optimizer", "lr", "sum", "loss", "final", "loss"]
+    assert "warn" not in proc.stdout.lower()

@@ -55,7 +55,9 @@ class LatestCheckpoint(Checkpoint):
         key = (trainer.global_step, self.best.best_model_path)
         if trainer.sanity_checking or key == self._saved or self.best.dirpath is None:
             return
-        trainer.save_checkpoint(f"{self.best.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{self.best.FILE_EXTENSION}")
+        path = f"{self.best.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{self.best.FILE_EXTENSION}"
+        # weights_only given, as ModelCheckpoint gives it (left out, Lightning logs its default at every save)
+        trainer.save_checkpoint(path, weights_only=self.best.save_weights_only)
         self._saved = key
 
     # ``best`` saves after validation or at the end of the training epoch (Lightning decides which);

@@ -473,9 +473,18 @@ class MetaLearner(L.LightningModule):
         return self.meta_optimizer(self.net.parameters())
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off."""
-        if self.trainer.checkpoint_callback is None:
+        """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off.
+
+        Nothing when the trainer holds them already (given by ``l2l``, or attached by an earlier
+        ``fit`` of the same trainer): new ones would replace them, and Lightning says so.
+        """
+        callbacks = self.trainer.callbacks
+        if self.trainer.checkpoint_callback is None or any(isinstance(c, LatestCheckpoint) for c in callbacks):
             return []
+        return self.checkpoint_callbacks()
+
+    def checkpoint_callbacks(self) -> list[L.Callback]:
+        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, for a trainer (``l2l`` passes them to its own)."""
         best = ModelCheckpoint(
             monitor="val/mean_loss",
             mode="min",
