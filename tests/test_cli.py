@@ -272,3 +272,13 @@ def test_a_tiny_compare_prints_its_table_and_nothing_else(tmp_path):
     assert proc.stderr == ""
     assert proc.stdout.splitlines()[0].split() == ["optimizer", "lr", "sum", "loss", "final", "loss"]
     assert "warn" not in proc.stdout.lower()
+
+
+def test_the_learned_optimizer_help_fits_on_a_screen(capsys):
+    """Its net and module arguments used to be typed nn.Module: the help listed every Module subclass (1,401 lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", CONFIG, "--optimizer.help", "l2l_lightning.LearnedOptimizer"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--optimizer.checkpoint" in out and "--optimizer.fused" in out
+    assert len(out.splitlines()) <= 80, len(out.splitlines())

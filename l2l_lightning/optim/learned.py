@@ -98,7 +98,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Optional, Protocol, Union
 
 import torch
 from torch import Tensor, nn
@@ -146,6 +146,17 @@ def _check_auto(name: str, value: Any, auto: str) -> Union[bool, str]:
     raise ConfigError(f"{name}={value!r}; allowed: True, False or 'auto' ({auto})")
 
 
+def _check_step_options(
+    chunk_size: Optional[int], compile: Union[bool, str], fused: Union[bool, str]
+) -> tuple[Optional[int], Union[bool, str], Union[bool, str]]:
+    """The step's ``chunk_size``, ``compile`` and ``fused`` options, checked (also by the callback, before training)."""
+    return (
+        None if chunk_size is None else check_chunk_size(chunk_size),
+        _check_auto("compile", compile, "compile on CUDA only"),
+        _check_auto("fused", fused, "the fused Triton step wherever it is available"),
+    )
+
+
 def _not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
     """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
     make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
@@ -177,7 +188,7 @@ def _check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
             _check_lr(lr)
         except ConfigError as error:
             raise ConfigError(
-                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
+                f"LearnedOptimizer.step: param group #{index}: {error}; the step was refused and no parameter "
                 "or state changed (did an LR scheduler set it?)"
             ) from None
 
@@ -218,6 +229,18 @@ def _warn_skipped(reason: str, deferred: bool = False) -> None:
     # to the caller of step(): past this helper, _step_checked or _report_skipped, step,
     # no_grad's wrapper and torch's step wrapper
     warnings.warn(message, SkippedStepWarning, stacklevel=6)
+
+
+class NamedModules(Protocol):
+    """What ``LearnedOptimizer(module=...)`` reads of a model: its named parameters and modules (any ``nn.Module``).
+
+    A protocol rather than ``nn.Module`` so that a command line's help (``--optimizer.help``)
+    does not list every ``nn.Module`` subclass in torch as a candidate value.
+    """
+
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]: ...
+
+    def named_modules(self) -> Iterable[tuple[str, nn.Module]]: ...
 
 
 class LearnedOptimizer(Optimizer):
@@ -261,18 +284,16 @@ class LearnedOptimizer(Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        checkpoint: Union[str, "os.PathLike[str]", nn.Module],
+        checkpoint: Union[str, "os.PathLike[str]", LearnedOptimizerNet],
         lr: float = 1.0,
         state_dtype: Union[str, torch.dtype] = "float32",
         chunk_size: Optional[int] = None,
         compile: Union[bool, str] = "auto",
-        module: Optional[nn.Module] = None,
+        module: Optional[NamedModules] = None,
         fused: Union[bool, str] = "auto",
     ) -> None:
         _check_lr(lr)
-        self._chunk_size = None if chunk_size is None else check_chunk_size(chunk_size)
-        self._compile = _check_auto("compile", compile, "compile on CUDA only")
-        self._fused = _check_auto("fused", fused, "the fused Triton step wherever it is available")
+        self._chunk_size, self._compile, self._fused = _check_step_options(chunk_size, compile, fused)
         net = load_net(checkpoint)
         if not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(

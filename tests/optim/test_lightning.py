@@ -116,6 +116,25 @@ def test_callback_refuses_deepspeed_at_setup_and_changes_nothing(small_net):
     callback.teardown(None, model, "fit")
 
 
+def test_callback_takes_every_option_of_the_optimizer(small_net, tmp_path):
+    import inspect
+
+    options = set(inspect.signature(LearnedOptimizer).parameters) - {"params"}
+    assert set(inspect.signature(LearnedOptimizerCallback).parameters) == options
+    other = BoringModel()  # a module given explicitly replaces the LightningModule as the namer of parameters
+    callback = LearnedOptimizerCallback(small_net, lr=0.5, state_dtype="bfloat16", chunk_size=7, compile=False,
+                                        fused=False, module=other)  # fmt: skip
+    model = BoringModel()
+    trainer = quiet_trainer(max_steps=1, callbacks=[callback], default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(model)
+    (optimizer,) = trainer.optimizers
+    assert optimizer.param_groups[0]["lr"] == 0.5 and optimizer.param_groups[0]["state_dtype"] == "bfloat16"
+    assert (optimizer._chunk_size, optimizer._compile, optimizer._fused) == (7, False, False)
+    for bad, message in (({"chunk_size": 0}, "chunk_size"), ({"compile": "yes"}, "compile="), ({"fused": 2}, "fused=")):
+        with pytest.raises(ConfigError, match=message):
+            LearnedOptimizerCallback(small_net, **bad)  # refused before any training
+
+
 def test_callback_fails_early_on_an_unknown_name(pretrained_dir):
     with pytest.raises(CheckpointError, match="unknown pretrained optimizer 'nope'"):
         LearnedOptimizerCallback("nope")
