@@ -71,6 +71,29 @@ class L2LCLI(LightningCLI):
         under LightningCLI's private name for that step (:mod:`l2l_lightning.lightning_compat`).
         """
 
+    def parse_arguments(self, parser: Any, args: ArgsType) -> None:
+        """LightningCLI's parse, except that ``--model.net CLASS`` starts from CLASS's own defaults.
+
+        jsonargparse would carry the previous net's ``init_args`` (the config's LSTM's
+        ``hidden_size: 20``) into a new class that has an argument of the same name, silently:
+        the run, its checkpoints and its exported file then record settings nobody chose.  A
+        net class given on the command line is therefore reset (``--model.net null`` before it;
+        settings given after it still apply), and when the reset changed a setting, one line on
+        stderr says which and how to keep it.
+        """
+        argv = sys.argv[1:] if args is None else args
+        if not isinstance(argv, list):
+            return super().parse_arguments(parser, args)
+        fresh = net_from_its_defaults(argv)
+        if fresh != argv:  # both readings, without printing the config and exiting, to say what changed
+            quiet = [token for token in argv if not token.startswith("--print_config")]
+            inherited, reset = parser.parse_args(quiet), parser.parse_args(net_from_its_defaults(quiet))
+            subcommand = reset.get("subcommand")
+            note = _reset_note(inherited[subcommand].model.net, reset[subcommand].model.net)
+            if note:
+                print(f"l2l: note: {note}", file=sys.stderr)
+        self.config = parser.parse_args(fresh)
+
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         check_ckpt_path(config.get("ckpt_path"))
@@ -112,6 +135,44 @@ class L2LCLI(LightningCLI):
             # exists once a validation ran; otherwise test the weights as they are.
             ckpt = getattr(callback, "best_model_path", "") or None
             self.trainer.test(self.model, ckpt_path=ckpt, verbose=True)
+
+
+_NET_FLAG = "--model.net"
+
+
+def net_from_its_defaults(argv: list[str]) -> list[str]:
+    """``argv`` with ``--model.net null`` before every ``--model.net CLASS`` (see :meth:`L2LCLI.parse_arguments`).
+
+    Left alone: ``null`` and a YAML/JSON mapping (it states its own ``init_args``).
+    """
+    out: list[str] = []
+    for index, token in enumerate(argv):
+        if token == _NET_FLAG and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith(_NET_FLAG + "="):
+            value = token.split("=", 1)[1]
+        else:
+            value = None
+        if value is not None and value.strip().lower() not in ("null", "none") and not value.lstrip().startswith("{"):
+            out += [_NET_FLAG, "null"]
+        out.append(token)
+    return out
+
+
+def _reset_note(inherited: Any, fresh: Any) -> Optional[str]:
+    """What starting ``--model.net CLASS`` from its defaults changed, and how to keep it; ``None``: nothing."""
+    if inherited is None or fresh is None:
+        return None
+    old, new = dict(inherited.get("init_args") or {}), dict(fresh.get("init_args") or {})
+    changed = {key: (old[key], new.get(key)) for key in old if key in new and old[key] != new[key]}
+    if not changed:
+        return None
+    said = ", ".join(f"{key}: {now!r} (not {was!r})" for key, (was, now) in changed.items())
+    key, (was, _) = next(iter(changed.items()))
+    return (
+        f"--model.net {fresh.class_path} starts from its own defaults, not from the settings of the net it replaces: "
+        f"{said}. To keep a setting, give it after the class, e.g. --model.net.{key} {was}"
+    )
 
 
 #: ``--ckpt_path`` values that Lightning resolves itself rather than reading a file.

@@ -154,12 +154,26 @@ def _refused_global(message: str) -> Optional[str]:
 
 
 def _unreadable(path: Path, error: BaseException) -> CheckpointError:
-    first = str(error).splitlines()[0] if str(error) else ""
     return CheckpointError(
         f"{path} cannot be read by torch.load: it is not a file written by torch.save, or it is truncated or "
-        f"corrupt ({type(error).__name__}{': ' + first[:200] if first else ''}); expected a learned optimizer "
+        f"corrupt ({_torch_reason(error)}); expected a learned optimizer "
         "exported with `l2l-export` or a MetaLearner checkpoint (.ckpt) written by `l2l fit`"
     )
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What torch found wrong, without its advice.
+
+    torch's weights-only error opens with "Re-running `torch.load` with `weights_only` set to
+    `False` will likely succeed": exactly what must not be done with a file that may be
+    anyone's.  Only the unpickler's own finding (e.g. "Unsupported operand 149") is kept.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any("weights_only" in line for line in lines):
+        findings = [line for line in lines if not any(word in line for word in ("weights_only", "WeightsUnpickler", "documentation"))]
+        lines = findings
+    first = lines[0][:200] if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def atomic_save(obj: Any, path: Union[str, "os.PathLike[str]"]) -> None:

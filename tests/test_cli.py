@@ -282,3 +282,29 @@ def test_the_learned_optimizer_help_fits_on_a_screen(capsys):
     out = capsys.readouterr().out
     assert "--optimizer.checkpoint" in out and "--optimizer.fused" in out
     assert len(out.splitlines()) <= 80, len(out.splitlines())
+
+
+def test_a_net_class_on_the_command_line_starts_from_its_own_defaults_and_says_so(capsys, monkeypatch):
+    """jsonargparse alone carries the config's LSTM settings (hidden_size: 20) into the new class, silently."""
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--model.net", "per_coordinate_mlp.PerCoordinateMLP",
+              "--model.net.step_scale", "0.02", "--print_config"])  # fmt: skip
+    out, err = capsys.readouterr()
+    net = out[out.index("  net:"):]
+    assert "hidden_size: 32" in net and "step_scale: 0.02" in net  # its default; a setting after it still applies
+    assert "hidden_size: 32 (not 20)" in err and "--model.net.hidden_size 20" in err
+    with pytest.raises(SystemExit):  # nothing reset, nothing said: the class's settings equal the config's
+        main(["fit", "--config", CONFIG, "--model.net", "l2l_lightning.CoordinatewiseLSTM",
+              "--model.net.preprocess", "none", "--print_config"])  # fmt: skip
+    assert "note" not in capsys.readouterr().err
+
+
+def test_only_a_net_class_is_reset():
+    from l2l_lightning.cli import net_from_its_defaults
+
+    assert net_from_its_defaults(["fit", "--model.net", "a.B", "--model.net.x", "1"]) == [
+        "fit", "--model.net", "null", "--model.net", "a.B", "--model.net.x", "1"]  # fmt: skip
+    assert net_from_its_defaults(["--model.net=a.B"]) == ["--model.net", "null", "--model.net=a.B"]
+    for kept in (["--model.net", "null"], ["--model.net", "{class_path: a.B, init_args: {x: 1}}"], ["--model.netx", "a"]):
+        assert net_from_its_defaults(kept) == kept

@@ -109,7 +109,8 @@ def _initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) -
     if net.spec != trained.spec:
         raise ConfigError(
             f"MetaLearner: init_from={init_from!r} holds {trained.spec} but model.net is {net.spec}; "
-            "drop model.net to fine-tune the file's own net, or make its settings match"
+            "to fine-tune the file's own net, drop model.net (on the command line: --model.net null; in YAML: "
+            "delete the model.net block), or make its settings match"
         )
     net.load_state_dict(trained.state_dict())
     return net
