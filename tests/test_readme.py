@@ -6,8 +6,9 @@ A block runs unless the line directly above its opening fence is ``<!-- not-run:
 * ``bash`` / ``sh``: in a fresh folder holding links to the checkout's ``configs/`` and
   ``examples/``, under ``bash -euo pipefail``, with the checkout on ``PYTHONPATH``.  Heavy
   programs are tiny-sized by shell functions defined before the block (:data:`SHIMS`):
-  ``l2l fit/validate/test`` and ``l2l compare`` get settings appended that make them take
-  seconds (later flags win, so the block's own flags are all still parsed and used);
+  ``l2l fit/validate/test`` and ``l2l compare`` get settings that make them take seconds
+  (:func:`tiny_argv`: right after the configs, so the configs' sizes give way and the block's
+  own flags still win: a block that asks for more epochs, say to resume, gets them);
   ``pip install`` of this project and ``apt-get install`` do nothing (the suite runs in the
   installed checkout, on a machine with the data); ``tensorboard`` does nothing.  Files a block
   names as the reader's own are provided: ``MY_PHOTO.jpg`` (a photograph of Debian's
@@ -42,35 +43,45 @@ READMES = (ROOT / "README.md", ROOT / "l2l_lightning" / "pretrained" / "README.m
 NOT_RUN = re.compile(r"^<!--\s*not-run:\s*(?P<reason>\S.*?)\s*-->$")
 FENCE = re.compile(r"^(?P<fence>```+|~~~+)\s*(?P<lang>[\w+-]*)")
 
-#: Settings appended to every ``l2l`` command of a block, by subcommand: seconds instead of minutes.
+#: Settings given to every ``l2l`` command of a block, by subcommand: seconds instead of minutes.
 TINY = {
-    "fit": "--trainer.max_steps 2 --model.num_steps 4 --model.unroll 2 --model.truncations_per_epoch 2 "
+    "fit": "--trainer.max_epochs 2 --model.num_steps 4 --model.unroll 2 --model.truncations_per_epoch 1 "
     "--model.val_problems 1 --model.test_problems 1 --model.baseline_lrs [0.1] --trainer.log_every_n_steps 1 "
     "--trainer.enable_progress_bar false",
     "compare": "--num_problems 1 --tune_problems 1 --num_steps 4 --lrs [0.1] --progress false",
 }
 TINY["validate"] = TINY["test"] = TINY["fit"]
 
+
+def tiny_argv(argv: list[str]) -> list[str]:
+    """``l2l ARGV`` with :data:`TINY`'s settings after its last ``--config FILE`` (else after the subcommand)."""
+    if not argv or argv[0] not in TINY:
+        return argv
+    at = max((i + 2 for i, token in enumerate(argv) if token == "--config"), default=1)
+    return [*argv[:at], *TINY[argv[0]].split(), *argv[at:]]
+
+
+def run_l2l(argv: list[str]) -> None:
+    """The ``l2l`` of a README block: the real command, tiny-sized."""
+    from l2l_lightning.cli import main
+
+    sys.argv[1:] = tiny_argv(argv)
+    main()
+
+
 SHIMS = textwrap.dedent(
-    f"""
-    l2l() {{
-        local command="$1"
-        case "$command" in
-            fit|validate|test) "$L2L_PYTHON" -m l2l_lightning.cli "$@" {TINY["fit"]} ;;
-            compare) "$L2L_PYTHON" -m l2l_lightning.cli "$@" {TINY["compare"]} ;;
-            *) "$L2L_PYTHON" -m l2l_lightning.cli "$@" ;;
-        esac
-    }}
-    l2l-export() {{ "$L2L_PYTHON" -m l2l_lightning.optim.export "$@"; }}
-    python() {{ "$L2L_PYTHON" "$@"; }}
-    pip() {{
+    """
+    l2l() { "$L2L_PYTHON" -c 'import sys; from tests.test_readme import run_l2l; run_l2l(sys.argv[1:])' "$@"; }
+    l2l-export() { "$L2L_PYTHON" -m l2l_lightning.optim.export "$@"; }
+    python() { "$L2L_PYTHON" "$@"; }
+    pip() {
         case "$*" in
             "install -e ."|"install -e .[test]") ;;  # installed already: the suite runs in this checkout
             *) echo "the README's pip command changed: $*" >&2; return 1 ;;
         esac
-    }}
-    apt-get() {{ :; }}      # the packaged data the README installs is on the machines that run the suite
-    tensorboard() {{ :; }}  # a viewer: nothing to check
+    }
+    apt-get() { :; }      # the packaged data the README installs is on the machines that run the suite
+    tensorboard() { :; }  # a viewer: nothing to check
     """
 )
 
