@@ -121,11 +121,25 @@ class L2LCLI(LightningCLI):
             if not any(isinstance(callback, Checkpoint) for callback in given):
                 # The model's checkpoints go to the trainer itself, so Lightning creates no default
                 # ModelCheckpoint for MetaLearner.configure_callbacks to replace (and announce).
-                kwargs["callbacks"] = [*given, *self.model.checkpoint_callbacks()]
+                kwargs["callbacks"] = [*given, *self.model.checkpoint_callbacks(dirpath=self._evaluated_folder())]
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         return trainer
+
+    def _evaluated_folder(self) -> Optional[str]:
+        """For ``validate``/``test`` of a checkpoint: the folder its checkpoint callback saved to.
+
+        They save nothing; they only take back the callback's state from the checkpoint (Lightning
+        asks for them), and in a folder other than the saved one Lightning warns that the state
+        "won't be reloaded".  ``fit`` writes into its own run's folder (``None``: the logger's).
+        """
+        config = self.config.get(self.subcommand, self.config)
+        ckpt_path = config.get("ckpt_path")
+        if self.subcommand == "fit" or not isinstance(ckpt_path, (str, os.PathLike)) or not os.path.isfile(ckpt_path):
+            return None
+        states = load_plain(ckpt_path).get("callbacks", {})
+        return next((state.get("dirpath") for key, state in states.items() if key.startswith("ModelCheckpoint")), None)
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:

@@ -259,6 +259,12 @@ def test_a_tiny_fit_prints_its_results_and_nothing_else(tmp_path):
     assert quiet.stderr == ""
     lines = [line for line in quiet.stdout.splitlines() if line.strip()]
     assert "Test metric" in quiet.stdout and all(("test/" in line or "─" in line or "Test metric" in line) for line in lines), lines
+    last = next(tmp_path.glob("runs/quadratic/version_*/checkpoints/last.ckpt"))
+    test = ["test", "--config", CONFIG, "--ckpt_path", str(last), "--model.test_problems", "1"]
+    tested = _l2l([*test, "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert tested.returncode == 0 and tested.stderr == "" and "test/mean_loss" in tested.stdout, tested.stderr[-3000:]
+    other_net = _l2l([*test, "--model.net.init_args.hidden_size", "8", "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert "the checkpoint's net (CoordinatewiseLSTM(hidden_size=20" in other_net.stderr  # not silently
     verbose = _l2l([*TINY_FIT, "--verbose"], tmp_path)  # everything comes back
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     for expected in ("Seed set to 0", "GPU available", "Tip", "Trainable params", "Restoring states"):

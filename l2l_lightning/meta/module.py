@@ -94,6 +94,12 @@ def _check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll:
     return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
 
 
+def _describe(spec: dict[str, Any]) -> str:
+    """``CoordinatewiseLSTM(hidden_size=20, ...)`` from a net's spec, for messages."""
+    args = ", ".join(f"{key}={value!r}" for key, value in spec.get("init_args", {}).items())
+    return f"{spec['class_path'].rsplit('.', 1)[-1]}({args})"
+
+
 def _initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) -> LearnedOptimizerNet:
     """The net meta-training starts from: ``net`` (default: the paper's LSTM), with ``init_from``'s weights if given."""
     if init_from is None:
@@ -484,14 +490,20 @@ class MetaLearner(L.LightningModule):
             return []
         return self.checkpoint_callbacks()
 
-    def checkpoint_callbacks(self) -> list[L.Callback]:
-        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, for a trainer (``l2l`` passes them to its own)."""
+    def checkpoint_callbacks(self, dirpath: Optional[str] = None) -> list[L.Callback]:
+        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, for a trainer (``l2l`` passes them to its own).
+
+        ``dirpath``: their folder (default: the logger's ``checkpoints/``), kept as given: Lightning
+        compares it as a string with the folder a checkpoint recorded, and ``ModelCheckpoint(dirpath=)``
+        would make it absolute.
+        """
         best = ModelCheckpoint(
             monitor="val/mean_loss",
             mode="min",
             filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
             auto_insert_metric_name=False,
         )
+        best.dirpath = dirpath
         return [best, LatestCheckpoint(best)]
 
     def train_dataloader(self) -> DataLoader:
@@ -622,6 +634,11 @@ class MetaLearner(L.LightningModule):
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
             check_spec_allowed(spec, f"the checkpoint's {NET_KEY}")  # a file may only name allowed net classes
+            # Said, not silent: `l2l test --config X --ckpt_path Y` evaluates Y's net, whatever X's model.net is.
+            warnings.warn(
+                f"the checkpoint's net ({_describe(spec)}) replaces model.net ({_describe(self.net.spec)}): a checkpoint "
+                "is evaluated and resumed with the net it trained; drop model.net or make it match to silence this"
+            )
             self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
             self._carry = None
 
