@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -60,11 +59,7 @@ def main(argv: list[str] | None = None) -> str:
     for _ in range(args.rounds):
         for name, command in COMMANDS.items():
             times[name].append(time_to_first_line(command))
-    base = statistics.median(times[BASE])
-    rows = [
-        [f"`{name}`", common.fmt_time(statistics.median(t)), f"**{statistics.median(t) / base:.2f}×**"]
-        for name, t in times.items()
-    ]
+    rows = common.median_ratio_rows(times, BASE)
     out = common.report(
         f"cli_startup — time to the first line, fresh processes, median of {args.rounds} interleaved rounds",
         where,
