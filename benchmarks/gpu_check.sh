@@ -4,7 +4,7 @@
 #   bash benchmarks/gpu_check.sh            # from anywhere; installs nothing
 #   SIZES=1M,10M bash benchmarks/gpu_check.sh
 #
-# 1. CUDA vs CPU (float32, TF32 off): CoordinatewiseLSTM.step_inplace (eager and
+# 1. CUDA vs CPU (float32, TF32 off): the runtime's step_inplace (eager and
 #    torch.compile), LSTM+GAC over several tensors (eager), LearnedOptimizer over several
 #    steps (float32 and bfloat16 states),
 #    and the meta-training unroll (losses and meta-gradients).  Each row prints the max
@@ -19,7 +19,7 @@
 #    uninterrupted run (tests/optim/fsdp_worker.py, the CPU/gloo test's worker, on cuda).
 # 4. benchmarks/step_overhead.py (float32 and bfloat16 state: ratio to fused Adam and to the
 #    bandwidth limit) and benchmarks/meta_throughput.py with --device cuda.  On CUDA the
-#    step uses the fused Triton kernel (optim/triton_step.py) where Triton is installed.
+#    step uses the fused Triton kernel (nets/lstm_triton.py) where Triton is installed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SIZES="${SIZES:-1M,10M,100M}"
@@ -34,7 +34,7 @@ from torch import nn
 from l2l_lightning import CoordinatewiseLSTM, LearnedOptimizer, QuadraticTask, unroll
 from l2l_lightning.nets import GlobalAveragingLSTM, Layout, Segment
 from l2l_lightning.optim import SkippedStepWarning
-from l2l_lightning.optim.runtime import StepOptions
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
 
 if not torch.cuda.is_available():
     sys.exit("gpu_check: no CUDA device visible to torch")
@@ -64,10 +64,10 @@ for preprocess in ("none", "log_sign", "clamped"):
         g = torch.randn(n) * torch.exp(torch.randn(n) * 3) * 1e-3
         state = torch.randn(net.state_shape(n)) * 0.5
         cpu_state = state.clone()
-        cpu = net.step_inplace(g, cpu_state)
+        cpu = step_inplace(net, g, cpu_state)
         for compile in (False, True):
             gpu_state = state.to("cuda", copy=True)
-            gpu = net.cuda().step_inplace(g.cuda(), gpu_state, options=StepOptions(compile=compile))
+            gpu = step_inplace(net.cuda(), g.cuda(), gpu_state, options=StepOptions(compile=compile))
             net.cpu()
             tag = "compiled" if compile else "eager"
             record(f"step_inplace {preprocess} n={n} {tag}: update", rel(gpu, cpu), 1e-5)
@@ -82,9 +82,9 @@ for average_over in ("optimizee", "tensor"):
     g = torch.randn(layout.numel) * 1e-3
     states = [torch.randn(net.state_shape(size)) * 0.5 for size in layout.sizes]
     cpu_states = [s.clone() for s in states]
-    cpu = net.step_inplace(g, cpu_states, layout)
+    cpu = step_inplace(net, g, cpu_states, layout)
     gpu_states = [s.to("cuda", copy=True) for s in states]
-    gpu = net.cuda().step_inplace(g.cuda(), gpu_states, layout)
+    gpu = step_inplace(net.cuda(), g.cuda(), gpu_states, layout)
     net.cpu()
     record(f"GAC step_inplace ({average_over}): update", rel(gpu, cpu), 1e-5)
     record(f"GAC step_inplace ({average_over}): state", rel(torch.cat(gpu_states, 2), torch.cat(cpu_states, 2)), 1e-5)
@@ -111,7 +111,7 @@ for state_dtype in ("float32", "bfloat16"):
     error = max(rel(b, a) for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
     bound = 1e-4 if state_dtype == "float32" else 1e-2  # 5 steps; bf16 states round differently
     record(f"LearnedOptimizer 5 steps, {state_dtype} state: parameters", error, bound)
-    error = max(rel(gpu_opt.state[b]["lstm"].float(), cpu_opt.state[a]["lstm"].float())
+    error = max(rel(gpu_opt.state[b]["net_state"].float(), cpu_opt.state[a]["net_state"].float())
                 for a, b in zip(cpu_model.parameters(), gpu_model.parameters()))
     record(f"LearnedOptimizer 5 steps, {state_dtype} state: LSTM states", error, bound * 10)
 
@@ -133,10 +133,10 @@ with warnings.catch_warnings(record=True) as caught:
         opt.step()  # a normal step
         gpu_model[0].weight.grad[0, 0] = float("nan")
         before = [p.detach().clone() for p in gpu_model.parameters()]
-        states = [opt.state[p]["lstm"].clone() for p in gpu_model.parameters()]
+        states = [opt.state[p]["net_state"].clone() for p in gpu_model.parameters()]
         opt.step()  # a step to skip, decided on the device
         after = [p.detach().clone() for p in gpu_model.parameters()]
-        after_states = [opt.state[p]["lstm"].clone() for p in gpu_model.parameters()]
+        after_states = [opt.state[p]["net_state"].clone() for p in gpu_model.parameters()]
         gpu_model[0].weight.grad.nan_to_num_(0.0)
         torch.cuda.set_sync_debug_mode("default")
         torch.cuda.synchronize()  # let the skip flag reach the host

@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> str:
             compiled = LearnedOptimizer(params, net, chunk_size=args.chunk_size, compile=True)
             fns["compiled"] = compiled.step
         times = common.interleaved(fns, args.repeats, args.device)
-        state_bytes = sum(s["lstm"].nbytes for s in fast.state.values())
+        state_bytes = sum(s["net_state"].nbytes for s in fast.state.values())
         with common.threads(1):  # the profiler sees the calling thread's allocations only (see NOTE)
             fast_extra = common.peak_extra_bytes(fast.step, args.device)
         row = [

@@ -31,8 +31,9 @@ from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
 from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD
-from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO
-from l2l_lightning.meta.module import MetaLearner, _check_is_meta_learner_checkpoint
+from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO, meta_learner_checkpoints
+from l2l_lightning.meta.module import MetaLearner
+from l2l_lightning.meta.settings import check_is_meta_learner_checkpoint
 from l2l_lightning.safe_load import load_plain
 from l2l_lightning.serialization import FORMAT as EXPORT_FORMAT
 
@@ -121,7 +122,7 @@ class L2LCLI(LightningCLI):
             if not any(isinstance(callback, Checkpoint) for callback in given):
                 # The model's checkpoints go to the trainer itself, so Lightning creates no default
                 # ModelCheckpoint for MetaLearner.configure_callbacks to replace (and announce).
-                kwargs["callbacks"] = [*given, *self.model.checkpoint_callbacks(dirpath=self._evaluated_folder())]
+                kwargs["callbacks"] = [*given, *meta_learner_checkpoints(self._evaluated_folder())]
         trainer = super().instantiate_trainer(**kwargs)
         if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
             trainer.strategy.checkpoint_io = AtomicCheckpointIO()
@@ -218,7 +219,7 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             f"--ckpt_path {text} is not a Lightning checkpoint (no 'pytorch-lightning_version' and 'state_dict'); "
             "pass a .ckpt written by `l2l fit`"
         )
-    _check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
+    check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
 
 
 setattr(L2LCLI, CHECKPOINT_HPARAMS_METHOD, L2LCLI._ignore_checkpoint_hparams)

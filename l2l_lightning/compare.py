@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baseline, tune_baseline
 from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
@@ -130,15 +130,11 @@ def compare(
         raise ConfigError(f"compare: unknown baselines {unknown}; allowed: {', '.join(BASELINES)}")
     if not lrs or any(not lr > 0 for lr in lrs):
         raise ConfigError(f"compare: lrs={list(lrs)!r} must be a non-empty list of positive floats")
-    if split not in ("test", "val"):
-        raise ConfigError(f"compare: split={split!r}; allowed: 'test', 'val' (tuning always uses 'train')")
+    check_choice("compare: split", split, ("test", "val"), " (tuning always uses 'train')")
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
-    nets = {}
-    for entry in learned:
-        label, spec = _labelled(entry)
-        nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
+    nets = {label: load_net(spec).to(device).eval().requires_grad_(False) for label, spec in map(_labelled, learned)}
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
     bar = tqdm(total=total, desc="l2l compare", disable=not progress, unit="run")

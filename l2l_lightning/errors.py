@@ -5,6 +5,8 @@ library users can catch them by type.  They subclass the builtin they refine so
 that ``except ValueError`` keeps working.
 """
 
+import math
+from collections.abc import Iterable
 from typing import Any
 
 
@@ -32,11 +34,52 @@ class DatasetError(L2LError, OSError):
     """A dataset's files are missing, truncated or corrupt; the message names the files and how to get them."""
 
 
-def check_positive_int(name: str, value: Any, what: str = "") -> int:
-    """``value`` if it is a positive integer (not a bool), else a :class:`ConfigError` naming ``name``.
+# One checking helper per kind of setting, each with the same message shape:
+# ``<name>=<value> must be <kind><what>`` (``what`` says what the setting is for).
 
-    Every integer setting (sizes, counts, steps) is checked here, so the message is the same everywhere.
-    """
+
+def check_positive_int(name: str, value: Any, what: str = "") -> int:
+    """``value`` if it is a positive integer (not a bool), else a :class:`ConfigError` naming ``name``."""
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ConfigError(f"{name}={value!r} must be a positive integer{what}")
+    return value
+
+
+def _is_real(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def check_positive_float(name: str, value: Any, what: str = "") -> float:
+    """``float(value)`` if it is a positive finite number (not a bool), else a :class:`ConfigError`."""
+    if not _is_real(value) or value <= 0:
+        raise ConfigError(f"{name}={value!r} must be a positive finite number{what}")
+    return float(value)
+
+
+def check_nonnegative_float(name: str, value: Any, what: str = "") -> float:
+    """``float(value)`` if it is a finite number ``>= 0`` (not a bool), else a :class:`ConfigError`."""
+    if not _is_real(value) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be a finite non-negative number{what}")
+    return float(value)
+
+
+def check_probability(name: str, value: Any, what: str = "") -> float:
+    """``float(value)`` if it is a number from 0 to 1 (not a bool), else a :class:`ConfigError`."""
+    if not _is_real(value) or not 0 <= value <= 1:
+        raise ConfigError(f"{name}={value!r} must be a number from 0 to 1{what}")
+    return float(value)
+
+
+def check_bool(name: str, value: Any, what: str = "") -> bool:
+    """``value`` if it is ``True`` or ``False``, else a :class:`ConfigError`."""
+    if value is not True and value is not False:
+        raise ConfigError(f"{name}={value!r} must be True or False{what}")
+    return value
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any], what: str = "") -> Any:
+    """``value`` if it is one of ``choices``, else a :class:`ConfigError` listing them."""
+    allowed = list(choices)
+    if not any(value is c or (type(value) is type(c) and value == c) for c in allowed):  # 1 is not True
+        raise ConfigError(f"{name}={value!r}; allowed: {', '.join(repr(c) for c in allowed)}{what}")
     return value

@@ -1,4 +1,4 @@
-"""The only two places l2l_lightning relies on Lightning internals, kept together.
+"""Every place l2l_lightning relies on Lightning internals, kept together.
 
 No public hook does either job (Lightning 2.6):
 
@@ -11,7 +11,12 @@ No public hook does either job (Lightning 2.6):
   --model.test_problems 8`` would silently test the training settings otherwise).
   LightningCLI does that in the private method named here, which ``L2LCLI`` overrides.
 
-``tests/test_lightning_compat.py`` checks both against the installed Lightning and fails
+* :data:`INSTANTIATOR_KEY` / :data:`CLI_INSTANTIATOR`: ``MetaLearner.load_from_checkpoint`` rebuilds
+  the task and net from their ``{"class_path", "init_args"}`` hyper-parameters through
+  LightningCLI's instantiator; Lightning's loader finds it under the private hyper-parameter
+  key ``"_instantiator"`` (``lightning.pytorch.core.saving``).
+
+``tests/test_lightning_compat.py`` checks each against the installed Lightning and fails
 loudly, naming this module, when Lightning changes either.
 """
 
@@ -20,6 +25,11 @@ from __future__ import annotations
 from typing import Any
 
 from lightning.pytorch.core.optimizer import _configure_optimizers
+
+#: The hyper-parameter under which Lightning's checkpoint loader looks for the function that builds a module.
+INSTANTIATOR_KEY = "_instantiator"
+#: LightningCLI's instantiator: builds ``{"class_path", "init_args"}`` arguments into objects.
+CLI_INSTANTIATOR = "lightning.pytorch.cli.instantiate_module"
 
 #: The LightningCLI method that applies a checkpoint's hyper-parameters to the parsed config.
 CHECKPOINT_HPARAMS_METHOD = "_parse_ckpt_path"

@@ -104,7 +104,7 @@ from l2l_lightning import MetaLearner, QuadraticTask, CoordinatewiseLSTM
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
         if batch_idx == 0:
-            self.first_W = module._carry.problem.W.clone()
+            self.first_W = module.stream.carry.problem.W.clone()
 
     def on_train_end(self, trainer, module):
         torch.save({"W": self.first_W, "net": module.net.state_dict()}, f"{sys.argv[1]}/rank{trainer.global_rank}.pt")

@@ -12,7 +12,11 @@ from lightning.pytorch.cli import LightningCLI
 from torch import nn
 
 from l2l_lightning.cli import L2LCLI
-from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD, split_optimizer_config
+import importlib
+
+from lightning.pytorch.core import saving
+
+from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD, CLI_INSTANTIATOR, INSTANTIATOR_KEY, split_optimizer_config
 
 
 def test_lightning_cli_still_applies_checkpoint_hparams_in_the_method_l2l_overrides():
@@ -38,3 +42,12 @@ def test_configure_optimizers_output_is_still_parsed_as_assumed():
     assert optimizers == [adam] and schedulers == [scheduler]
     optimizers, schedulers = split_optimizer_config(([adam, sgd], [scheduler]))
     assert optimizers == [adam, sgd] and len(schedulers) == 1
+
+
+def test_the_checkpoint_loader_still_builds_modules_with_the_instantiator_named_in_the_hparams():
+    assert f'"{INSTANTIATOR_KEY}"' in inspect.getsource(saving), (
+        f"lightning.pytorch.core.saving no longer reads the {INSTANTIATOR_KEY!r} hyper-parameter: "
+        "MetaLearner.load_from_checkpoint cannot rebuild task and net; update l2l_lightning/lightning_compat.py"
+    )
+    module, _, name = CLI_INSTANTIATOR.rpartition(".")
+    assert callable(getattr(importlib.import_module(module), name, None)), f"{CLI_INSTANTIATOR} is gone"

@@ -72,10 +72,10 @@ def test_from_yaml_resumed_exported_and_deployed_by_path(own_net, tmp_path, monk
         expected, state = optimizer.net(torch.cat([p.grad.reshape(-1) for p in params]), state)
         optimizer.step()
         torch.testing.assert_close(torch.cat([p.detach().reshape(-1) for p in params]) - before, expected)
-    assert optimizer.state[params[0]]["lstm"].shape == (4, 6)  # the net's own state shape, per parameter
+    assert optimizer.state[params[0]]["net_state"].shape == (4, 6)  # the net's own state shape, per parameter
     again = LearnedOptimizer(model.parameters(), checkpoint=str(exported))
     again.load_state_dict(optimizer.state_dict())
-    assert torch.equal(again.state[params[0]]["lstm"], optimizer.state[params[0]]["lstm"])
+    assert torch.equal(again.state[params[0]]["net_state"], optimizer.state[params[0]]["net_state"])
 
 
 def test_the_readme_shows_the_example_verbatim():

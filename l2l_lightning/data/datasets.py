@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.data.readers import read_cifar_batch, read_idx
-from l2l_lightning.errors import ConfigError, DatasetError, check_positive_int
+from l2l_lightning.errors import ConfigError, DatasetError, check_choice, check_positive_int
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
 #: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test and
@@ -215,10 +215,8 @@ def load_images(
         DatasetError: files missing (the message lists the folders tried and how to get
             the files), truncated or corrupt (the message names the file).
     """
-    if dataset not in _SOURCES:
-        raise ConfigError(f"dataset={dataset!r}; allowed: {', '.join(map(repr, _SOURCES))}")
-    if split not in get_args(Split):
-        raise ConfigError(f"split={split!r}; allowed: {', '.join(map(repr, get_args(Split)))}")
+    check_choice("dataset", dataset, _SOURCES)
+    check_choice("split", split, get_args(Split))
     check_positive_int("val_size", val_size)
     if classes is not None:
         classes = tuple(classes)

@@ -71,3 +71,20 @@ class LatestCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._save(trainer)
+
+
+def meta_learner_checkpoints(dirpath: Optional[str] = None) -> list[Checkpoint]:
+    """``MetaLearner``'s checkpoints: the best by ``val/mean_loss`` and ``last.ckpt`` (``l2l`` gives them to its trainer).
+
+    ``dirpath``: their folder (default: the logger's ``checkpoints/``), kept as given: Lightning
+    compares it as a string with the folder a checkpoint recorded, and ``ModelCheckpoint(dirpath=)``
+    would make it absolute.
+    """
+    best = ModelCheckpoint(
+        monitor="val/mean_loss",
+        mode="min",
+        filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
+        auto_insert_metric_name=False,
+    )
+    best.dirpath = dirpath
+    return [best, LatestCheckpoint(best)]

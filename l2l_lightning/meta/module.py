@@ -15,142 +15,39 @@ very problems (the hardest fair baseline: it saw the test problems when tuning).
 
 from __future__ import annotations
 
-import functools
 import inspect
-import math
 import os
 import warnings
-from dataclasses import dataclass
 from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 from torch.utils.data import DataLoader
 
-from l2l_lightning.errors import ConfigError, L2LError, NonFiniteMetaLossError, check_positive_int
-from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline, tune_baseline
-from l2l_lightning.meta.checkpoint_io import LatestCheckpoint
-from l2l_lightning.meta.estimators import OuterEstimator, Truncation, TruncatedBPTT
+from l2l_lightning.errors import NonFiniteMetaLossError
+from l2l_lightning.lightning_compat import CLI_INSTANTIATOR, INSTANTIATOR_KEY
+from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline
+from l2l_lightning.meta.checkpoint_io import LatestCheckpoint, meta_learner_checkpoints
+from l2l_lightning.meta.estimators import OuterEstimator, Truncation
+from l2l_lightning.meta.evaluation import HeldOutEvaluation
 from l2l_lightning.meta.imitation import Imitation
-from l2l_lightning.meta.images import grid_tensor, is_image_problem, result_columns
 from l2l_lightning.meta.metrics import CurveMean
-from l2l_lightning.meta.unroll import bind, evaluate_learned
+from l2l_lightning.meta.settings import (
+    LossTransform, LossWeights, callable_spec, check_is_meta_learner_checkpoint, check_settings, describe_spec,
+    initial_net, loss_weights_for,
+)  # fmt: skip
+from l2l_lightning.meta.stream import Carry, ProblemStream
+from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
-from l2l_lightning.nets.lstm import CoordinatewiseLSTM
 from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.safe_load import check_spec_allowed, load_plain
-from l2l_lightning.tasks.base import Problem, ScaledProblem, Task
+from l2l_lightning.tasks.base import Problem, Task
 from l2l_lightning.threads import ThreadPolicy, check_threads
 
-LossWeights = Union[Literal["uniform", "increasing"], list[float]]
-LossTransform = Literal["none", "log"]
-
-
-@dataclass
-class _Carry:
-    """What one truncation hands to the next: the same problem, continued."""
-
-    problem: Problem
-    net: LearnedOptimizerNet  #: ``self.net`` bound to the problem's layout (see ``unroll.bind``)
-    theta: Tensor
-    state: Any
-    step: int
-
-
-def loss_weights_for(spec: LossWeights, num_steps: int) -> Tensor:
-    """The per-step weights ``w_t``, ``t = 1 … num_steps``, of the meta-loss."""
-    if spec == "uniform":
-        return torch.ones(num_steps)
-    if spec == "increasing":
-        return torch.arange(1, num_steps + 1, dtype=torch.float32) / num_steps
-    if isinstance(spec, str):
-        raise ConfigError(f"MetaLearner: loss_weights={spec!r}; allowed: 'uniform', 'increasing' or a list of floats")
-    weights = torch.tensor(list(spec), dtype=torch.float32)
-    if weights.shape != (num_steps,) or not torch.isfinite(weights).all() or (weights < 0).any():
-        raise ConfigError(
-            f"MetaLearner: loss_weights has {weights.numel()} entries; a list needs num_steps={num_steps} "
-            "finite non-negative floats"
-        )
-    return weights
-
-
-def _check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll: int) -> list[int]:
-    """The horizons meta-training goes through: the curriculum's, then ``num_steps``."""
-    if horizons is None:
-        return [num_steps]
-    horizons = list(horizons)
-    for h in horizons:
-        check_positive_int("MetaLearner: horizon_curriculum entry", h)
-    if not horizons or any(h % unroll for h in horizons) or horizons != sorted(set(horizons)) or horizons[-1] > num_steps:
-        raise ConfigError(
-            f"MetaLearner: horizon_curriculum={horizons!r} must be a non-empty list of strictly increasing "
-            f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
-        )
-    return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
-
-
-def _describe(spec: dict[str, Any]) -> str:
-    """``CoordinatewiseLSTM(hidden_size=20, ...)`` from a net's spec, for messages."""
-    args = ", ".join(f"{key}={value!r}" for key, value in spec.get("init_args", {}).items())
-    return f"{spec['class_path'].rsplit('.', 1)[-1]}({args})"
-
-
-def _initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) -> LearnedOptimizerNet:
-    """The net meta-training starts from: ``net`` (default: the paper's LSTM), with ``init_from``'s weights if given."""
-    if init_from is None:
-        return net if net is not None else CoordinatewiseLSTM()
-    from l2l_lightning.optim.pretrained import load_net  # deployment code: imported only when fine-tuning
-
-    try:
-        trained = load_net(init_from)
-    except L2LError as error:
-        raise ConfigError(f"MetaLearner: init_from={init_from!r}: {error}") from error
-    if net is None:
-        return trained.requires_grad_(True).train()
-    if net.spec != trained.spec:
-        raise ConfigError(
-            f"MetaLearner: init_from={init_from!r} holds {trained.spec} but model.net is {net.spec}; "
-            "to fine-tune the file's own net, drop model.net (on the command line: --model.net null; in YAML: "
-            "delete the model.net block), or make its settings match"
-        )
-    net.load_state_dict(trained.state_dict())
-    return net
-
-
-def _callable_spec(factory: Any) -> Optional[dict[str, Any]]:
-    """``{"class_path", "init_args"}`` of a class or a ``functools.partial`` of one, else ``None``."""
-    keywords = {}
-    if isinstance(factory, functools.partial) and not factory.args:
-        factory, keywords = factory.func, dict(factory.keywords)
-    if not isinstance(factory, type):
-        return None
-    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": keywords}
-
-
-def _check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:
-    if not isinstance(checkpoint, dict) or NET_KEY not in checkpoint:
-        raise ConfigError(
-            f"{where} is not a checkpoint of l2l_lightning.MetaLearner (it has no {NET_KEY!r} entry); "
-            "pass a .ckpt written while meta-training with `l2l fit` or MetaLearner"
-        )
-
-
-class _Indices(torch.utils.data.Dataset):
-    """``0 … n-1``: the meta-training loop's 'batches' are truncation / held-out-problem indices."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __getitem__(self, index: int) -> int:
-        return index
+__all__ = ["MetaLearner", "check_is_meta_learner_checkpoint", "loss_weights_for"]
 
 
 class MetaLearner(L.LightningModule):
@@ -247,85 +144,27 @@ class MetaLearner(L.LightningModule):
         threads: Union[str, int] = "auto",
     ) -> None:
         super().__init__()
-        for name, value in (
-            ("num_steps", num_steps),
-            ("unroll", unroll),
-            ("truncations_per_epoch", truncations_per_epoch),
-            ("val_problems", val_problems),
-            ("test_problems", test_problems),
-            ("max_nonfinite_in_row", max_nonfinite_in_row),
-        ):
-            check_positive_int(f"MetaLearner: {name}", value)
-        if num_steps % unroll:
-            raise ConfigError(
-                f"MetaLearner: num_steps={num_steps} is not a multiple of unroll={unroll}; "
-                "every truncation must have the same length (paper: num_steps=100, unroll=20)"
-            )
-        if not baseline_lrs or any(not (lr > 0) for lr in baseline_lrs):
-            raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
-        if not isinstance(task, Task):
-            raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
-        if isinstance(random_scaling, bool) or not isinstance(random_scaling, (int, float)) or not 0 <= random_scaling < 20:
-            raise ConfigError(
-                f"MetaLearner: random_scaling={random_scaling!r} must be a number in [0, 20): the half-width s of "
-                "log-scales c = exp(U[-s, s]) (0 = off)"
-            )
-        horizons = _check_curriculum(horizon_curriculum, num_steps, unroll)
-        if loss_transform not in ("none", "log"):
-            raise ConfigError(f"MetaLearner: loss_transform={loss_transform!r}; allowed: 'none', 'log'")
-        estimator = TruncatedBPTT() if estimator is None else estimator
-        if not isinstance(estimator, OuterEstimator):
-            raise ConfigError(
-                f"MetaLearner: estimator is a {type(estimator).__name__}; it must be an "
-                "l2l_lightning.meta.estimators.OuterEstimator (TruncatedBPTT, PES or your subclass)"
-            )
-        if second_derivatives and not isinstance(estimator, TruncatedBPTT):
-            raise ConfigError(
-                f"MetaLearner: second_derivatives=true only applies to TruncatedBPTT; {type(estimator).__name__} "
-                "never differentiates through the unroll (set model.second_derivatives false)"
-            )
-        if isinstance(imitation, dict):  # as checkpoints store it
-            imitation = Imitation(**imitation)
-        if imitation is not None:
-            imitation.check()
-            if not isinstance(estimator, TruncatedBPTT):
-                raise ConfigError(
-                    f"MetaLearner: imitation needs the TruncatedBPTT estimator (its term is differentiated through the "
-                    f"updates); {type(estimator).__name__} never differentiates: drop model.imitation or the estimator"
-                )
-        if net is not None and not isinstance(net, LearnedOptimizerNet):
-            raise ConfigError(
-                f"MetaLearner: net is a {type(net).__name__}, not a learned-optimizer net; subclass "
-                "l2l_lightning.nets.LearnedOptimizerNet (see the README's 'Your own learned optimizer')"
-            )
+        self.estimator, self.imitation, horizons = check_settings(
+            task, net, estimator, imitation,
+            counts=dict(num_steps=num_steps, unroll=unroll, truncations_per_epoch=truncations_per_epoch,
+                        val_problems=val_problems, test_problems=test_problems, max_nonfinite_in_row=max_nonfinite_in_row),
+            options=dict(second_derivatives=second_derivatives, loss_transform=loss_transform, random_scaling=random_scaling,
+                         horizon_curriculum=horizon_curriculum, baseline_lrs=baseline_lrs),
+        )  # fmt: skip
         self._threads = ThreadPolicy(check_threads(threads, "MetaLearner: threads"))
-        self.task = task
-        self.estimator = estimator
-        self.imitation = imitation
-        self.loss_transform = loss_transform
-        self.random_scaling = float(random_scaling)
-        self._horizons = horizons  #: the curriculum's horizons, then num_steps
-        self._stage, self._stage_best = 0, math.inf
-        self.net = _initial_net(net, init_from)
+        self.task, self.loss_transform, self.random_scaling = task, loss_transform, float(random_scaling)
+        self.net = initial_net(net, init_from)
         self._save_hyperparameters_as_data(meta_optimizer)
-        self.num_steps = num_steps
-        self.unroll = unroll
-        self.second_derivatives = second_derivatives
-        self.meta_optimizer = meta_optimizer
-        self.truncations_per_epoch = truncations_per_epoch
+        self.num_steps, self.unroll, self.second_derivatives = num_steps, unroll, second_derivatives
+        self.meta_optimizer, self.truncations_per_epoch = meta_optimizer, truncations_per_epoch
         self.baseline_lrs = tuple(float(lr) for lr in baseline_lrs)
         self.max_nonfinite_in_row = max_nonfinite_in_row
         self.register_buffer("loss_weights", loss_weights_for(loss_weights, num_steps), persistent=False)
         self.curves = nn.ModuleDict({stage: CurveMean(num_steps) for stage in ("val", "test")})
-        self._heldout = {"val": (val_problems, val_seed), "test": (test_problems, test_seed)}
-        self._problems: dict[str, list[Problem]] = {}
-        self._baselines: dict[str, TunedBaseline] = {}
-        self._carry: Optional[_Carry] = None
-        self._generator: Optional[torch.Generator] = None
-        self._loss_finite = True
-        self._nonfinite_in_row = 0
-        self._skipped = 0
-        self._draw_state: Optional[Tensor] = None  #: the generator's state before the current problem was drawn
+        draws = {"val": (val_problems, val_seed), "test": (test_problems, test_seed)}
+        self.evaluation = HeldOutEvaluation(task, num_steps, self.baseline_lrs, draws)
+        self.stream = ProblemStream(task, self.random_scaling, horizons)
+        self._loss_finite, self._nonfinite_in_row, self._skipped = True, 0, 0
         self._resume: Optional[dict[str, Any]] = None  #: a checkpoint's problem stream, applied at train start
 
     def _save_hyperparameters_as_data(self, meta_optimizer: OptimizerCallable) -> None:
@@ -340,12 +179,12 @@ class MetaLearner(L.LightningModule):
         self.hparams["estimator"] = self.estimator.config
         self.hparams["imitation"] = None if self.imitation is None else self.imitation.config
         self.hparams["net"] = self.net.spec
-        optimizer_spec = _callable_spec(meta_optimizer)
+        optimizer_spec = callable_spec(meta_optimizer)
         if optimizer_spec is not None:
             self.hparams["meta_optimizer"] = optimizer_spec
         elif not isinstance(self.hparams.get("meta_optimizer"), dict):
             self.hparams.pop("meta_optimizer", None)  # a lambda: the checkpoint falls back to the default
-        self.hparams["_instantiator"] = "lightning.pytorch.cli.instantiate_module"
+        self.hparams[INSTANTIATOR_KEY] = CLI_INSTANTIATOR
 
     # ------------------------------------------------------------------ threads
     def setup(self, stage: str) -> None:
@@ -357,16 +196,13 @@ class MetaLearner(L.LightningModule):
         """
         if not self._threads.ready:
             split = {"validate": "val", "test": "test"}.get(stage, "train")
-            self._use_threads(self.task.sample(torch.Generator().manual_seed(0), "cpu", split=split))
+            problem = self.task.sample(torch.Generator().manual_seed(0), "cpu", split=split)
+            self._threads.apply(problem.initial_params().numel())
         self._threads.apply()
 
     def teardown(self, stage: str) -> None:
         """Give the caller its thread count back."""
         self._threads.restore()
-
-    def _use_threads(self, problem: Problem) -> None:
-        """Decide the thread count from a problem's size (the work per op)."""
-        self._threads.apply(problem.initial_params().numel())
 
     # ------------------------------------------------------------------ training
     def on_train_start(self) -> None:
@@ -379,47 +215,13 @@ class MetaLearner(L.LightningModule):
                 self.estimator.load_state_dict(resume["estimator"], self.device)
             if "imitation" in resume and self.imitation is not None:
                 self.imitation.load_state_dict(resume["imitation"])
-            if "curriculum" in resume:
-                self._stage, self._stage_best = int(resume["curriculum"][0]), float(resume["curriculum"][1])
             return
-        # Each rank, and each resumed run, draws its own stream of problems.
-        self._generator = torch.Generator().manual_seed(seed % 2**63)
-        self._carry = None
+        self.stream.start(seed)  # each rank, and each resumed run, draws its own stream of problems
 
     @property
     def horizon(self) -> int:
         """Inner steps per training problem now: ``num_steps``, or the current curriculum stage's."""
-        return self._horizons[self._stage]
-
-    def _draw_training_problem(self) -> Problem:
-        """The next training problem of the stream (randomly rescaled if ``random_scaling``)."""
-        problem = self.task.sample(self._generator, self.device, split="train")
-        if self.random_scaling:
-            theta = problem.initial_params()
-            u = torch.rand(theta.shape, generator=self._generator, dtype=torch.float64) * 2 - 1
-            problem = ScaledProblem(problem, (u * self.random_scaling).exp().to(theta.dtype).to(theta.device))
-        return problem
-
-    def _advance_curriculum(self, val_mean_loss: float) -> None:
-        """Move to the next horizon when a validation does not improve on the current stage's best."""
-        if self._stage + 1 >= len(self._horizons):
-            return
-        if val_mean_loss < self._stage_best:
-            self._stage_best = val_mean_loss
-            return
-        self._stage, self._stage_best = self._stage + 1, math.inf
-
-    def _next_carry(self) -> _Carry:
-        carry = self._carry
-        if carry is None or carry.step >= self.horizon:
-            self._draw_state = self._generator.get_state()  # to re-draw this problem on resume
-            problem = self._draw_training_problem()
-            theta = problem.initial_params()
-            net = bind(self.net, problem)
-            carry = _Carry(problem, net, theta, net.init_state(problem.layout, device=self.device), 0)
-            if self.imitation is not None:
-                self.imitation.reset()  # the teacher starts afresh with the problem
-        return carry
+        return self.stream.horizon
 
     def objective(self, losses: Tensor, start: int) -> Tensor:
         """The meta-loss of a truncation's ``(steps, optimizees)`` losses after inner step ``start``:
@@ -428,17 +230,19 @@ class MetaLearner(L.LightningModule):
         return (per_step * self.loss_weights[start : start + losses.shape[0]]).sum()
 
     def training_step(self, batch: int, batch_idx: int) -> Tensor:
-        carry = self._next_carry()
+        carry, fresh = self.stream.next_carry(self.net, self.device)
+        if fresh and self.imitation is not None:
+            self.imitation.reset()  # the teacher starts afresh with the problem
         run = Truncation(
-            self.net, carry.net, carry.problem, carry.theta, carry.state, carry.step, self.unroll,
+            self.net, carry.bound, carry.problem, carry.theta, carry.state, carry.step, self.unroll,
             fresh=carry.step == 0, objective=self.objective, second_derivatives=self.second_derivatives,
             imitation=self.imitation,
         )  # fmt: skip
         result = self.estimator.truncation(run)
-        self._carry = _Carry(carry.problem, carry.net, result.theta, result.state, carry.step + self.unroll)
+        self.stream.carry = Carry(carry.problem, carry.bound, result.theta, result.state, carry.step + self.unroll)
         self._loss_finite = bool(torch.isfinite(result.loss)) and bool(torch.isfinite(result.meta_loss))
         self.log("meta/loss", result.meta_loss, prog_bar=True)
-        if len(self._horizons) > 1:
+        if len(self.stream.horizons) > 1:
             self.log("meta/horizon", float(self.horizon))
         self.log("meta/final_loss", result.final_loss)
         for name, value in result.extra.items():
@@ -461,7 +265,7 @@ class MetaLearner(L.LightningModule):
             optimizer.zero_grad(set_to_none=True)
             self._nonfinite_in_row += 1
             self._skipped += 1
-            self._carry = None  # the problem diverged: start a fresh one
+            self.stream.carry = None  # the problem diverged: start a fresh one
             self.estimator.reset()
             warnings.warn(
                 f"meta-step {self.global_step} skipped: non-finite meta-loss or meta-gradient "
@@ -480,58 +284,30 @@ class MetaLearner(L.LightningModule):
         return self.meta_optimizer(self.net.parameters())
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off.
-
-        Nothing when the trainer holds them already (given by ``l2l``, or attached by an earlier
-        ``fit`` of the same trainer): new ones would replace them, and Lightning says so.
-        """
+        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, unless checkpointing is off or the trainer
+        has them already (``l2l`` gives them; an earlier ``fit`` attached them): Lightning would announce replacing them."""
         callbacks = self.trainer.callbacks
         if self.trainer.checkpoint_callback is None or any(isinstance(c, LatestCheckpoint) for c in callbacks):
             return []
-        return self.checkpoint_callbacks()
-
-    def checkpoint_callbacks(self, dirpath: Optional[str] = None) -> list[L.Callback]:
-        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, for a trainer (``l2l`` passes them to its own).
-
-        ``dirpath``: their folder (default: the logger's ``checkpoints/``), kept as given: Lightning
-        compares it as a string with the folder a checkpoint recorded, and ``ModelCheckpoint(dirpath=)``
-        would make it absolute.
-        """
-        best = ModelCheckpoint(
-            monitor="val/mean_loss",
-            mode="min",
-            filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
-            auto_insert_metric_name=False,
-        )
-        best.dirpath = dirpath
-        return [best, LatestCheckpoint(best)]
+        return meta_learner_checkpoints()
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self.truncations_per_epoch), batch_size=None)
+        return DataLoader(range(self.truncations_per_epoch), batch_size=None)  # the "batches" are truncation indices
 
     # ------------------------------------------------------------- evaluation
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self._heldout["val"][0]), batch_size=None)
+        return DataLoader(range(self.evaluation.draws["val"][0]), batch_size=None)  # held-out draw indices
 
     def test_dataloader(self) -> DataLoader:
-        return DataLoader(_Indices(self._heldout["test"][0]), batch_size=None)
+        return DataLoader(range(self.evaluation.draws["test"][0]), batch_size=None)
 
     def heldout_problems(self, stage: Literal["val", "test"]) -> list[Problem]:
         """The fixed held-out problems of ``stage`` (drawn once, then cached)."""
-        if stage not in self._problems:
-            count, seed = self._heldout[stage]
-            with torch.inference_mode(False):  # Lightning's test loop runs in inference mode
-                self._problems[stage] = [
-                    self.task.sample(torch.Generator().manual_seed(seed + i), self.device, split=stage)
-                    for i in range(count)
-                ]
-        return self._problems[stage]
+        return self.evaluation.problems(stage, self.device)
 
     def baseline(self, stage: Literal["val", "test"]) -> TunedBaseline:
         """Adam on the held-out problems of ``stage``, lr tuned on ``baseline_lrs`` (cached)."""
-        if stage not in self._baselines:
-            self._baselines[stage] = tune_baseline("adam", self.heldout_problems(stage), self.num_steps, self.baseline_lrs)
-        return self._baselines[stage]
+        return self.evaluation.baseline(stage, self.device)
 
     def _evaluation_step(self, stage: Literal["val", "test"], index: int) -> None:
         curve = evaluate_learned(self.net, self.heldout_problems(stage)[index], self.num_steps)
@@ -546,60 +322,12 @@ class MetaLearner(L.LightningModule):
     def _evaluation_end(self, stage: Literal["val", "test"]) -> None:
         curve = self.curves[stage].compute()
         self.curves[stage].reset()
-        adam = self.baseline(stage)
-        mean_loss, adam_mean = curve.mean().item(), adam.curve.mean().item()
-        self.log_dict(
-            {
-                f"{stage}/mean_loss": mean_loss,
-                f"{stage}/final_loss": curve[-1].item(),
-                f"{stage}/adam_mean_loss": adam_mean,
-                f"{stage}/adam_final_loss": adam.curve[-1].item(),
-                f"{stage}/adam_lr": adam.lr,
-                f"{stage}/mean_loss_ratio_to_adam": mean_loss / adam_mean if adam_mean > 0 else math.nan,
-            },
-            sync_dist=False,  # already reduced by torchmetrics / identical on every rank
-        )
+        scalars = self.evaluation.scalars(stage, curve, self.device)
+        self.log_dict(scalars, sync_dist=False)  # already reduced by torchmetrics / identical on every rank
         if stage == "val" and not self.trainer.sanity_checking:
-            self._advance_curriculum(mean_loss)  # the same value on every rank: the same decision
+            self.stream.advance_curriculum(scalars["val/mean_loss"])  # the same value on every rank: the same decision
         if isinstance(self.logger, TensorBoardLogger) and self.global_rank == 0 and not self.trainer.sanity_checking:
-            self._log_curves(stage, curve, adam)
-            self._log_images(stage, adam)
-
-    def _log_images(self, stage: str, adam: TunedBaseline) -> None:
-        """For image optimizees (neural art): the first held-out problem's pictures, one row per optimizee.
-
-        Columns: the problem's references (content, style), the learned optimizer's result and
-        tuned Adam's, both after ``num_steps`` steps.
-        """
-        problem = self.heldout_problems(stage)[0]  # type: ignore[index]
-        if not is_image_problem(problem):
-            return
-        columns = result_columns(problem, self.num_steps, {"learned": self.net}, {"adam": adam.lr})
-        grid = grid_tensor(columns, problem.num_optimizees)
-        self.logger.experiment.add_image(f"{stage}/optimizee_images", grid, self.global_step)
-
-    def _log_curves(self, stage: str, curve: Tensor, adam: TunedBaseline) -> None:
-        """Learned vs tuned Adam over the inner step, as a figure (val) and as step-indexed scalars (test)."""
-        experiment = self.logger.experiment
-        if stage == "test":
-            for step, (ours, theirs) in enumerate(zip(curve.tolist(), adam.curve.tolist()), start=1):
-                experiment.add_scalars("test/loss_vs_inner_step", {"learned": ours, "adam": theirs}, step)
-            return
-        import matplotlib
-
-        matplotlib.use("Agg")
-        from matplotlib import pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        steps = range(1, len(curve) + 1)
-        ax.semilogy(steps, curve.cpu(), label="learned (LSTM)")
-        ax.semilogy(steps, adam.curve.cpu(), label=f"Adam, lr={adam.lr:g} (tuned)")
-        ax.set_xlabel("inner step")
-        ax.set_ylabel("mean optimizee loss")
-        ax.legend()
-        fig.tight_layout()
-        experiment.add_figure(f"{stage}/loss_vs_inner_step", fig, self.global_step)
-        plt.close(fig)
+            self.evaluation.log_figures(self.logger.experiment, stage, curve, self.net, self.global_step, self.device)
 
     def on_validation_epoch_end(self) -> None:
         self._evaluation_end("val")
@@ -609,18 +337,24 @@ class MetaLearner(L.LightningModule):
 
     # ------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Record how to rebuild the net, so deployment needs no MetaLearner to read it."""
+        """Record how to rebuild the net, so deployment needs no MetaLearner to read it; and the problem stream."""
         checkpoint[NET_KEY] = self.net.spec
-        stream = self._stream_state()
-        if stream is not None:
-            checkpoint["l2l_stream"] = stream
+        if self.stream.generator is not None:
+            checkpoint["l2l_stream"] = {
+                **self.stream.state_dict(),
+                "world_size": int(self.trainer.world_size) if _attached(self) else 1,
+                "nonfinite_in_row": self._nonfinite_in_row,
+                "skipped": self._skipped,
+                "estimator": self.estimator.state_dict(),  # e.g. PES's perturbations, carried with the problem
+                **({"imitation": self.imitation.state_dict()} if self.imitation is not None else {}),
+            }
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
         """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
         if isinstance(checkpoint_path, (str, os.PathLike)):
             checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files
-            _check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
+            check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
             hparams = checkpoint.get("hyper_parameters")
             check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
         # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
@@ -629,48 +363,17 @@ class MetaLearner(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
-        _check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
+        check_is_meta_learner_checkpoint(checkpoint, "the checkpoint")
         self._resume = checkpoint.get("l2l_stream")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
             check_spec_allowed(spec, f"the checkpoint's {NET_KEY}")  # a file may only name allowed net classes
-            # Said, not silent: `l2l test --config X --ckpt_path Y` evaluates Y's net, whatever X's model.net is.
-            warnings.warn(
-                f"the checkpoint's net ({_describe(spec)}) replaces model.net ({_describe(self.net.spec)}): a checkpoint "
-                "is evaluated and resumed with the net it trained; drop model.net or make it match to silence this"
+            warnings.warn(  # said, not silent: `l2l test --config X --ckpt_path Y` evaluates Y's net
+                f"the checkpoint's net ({describe_spec(spec)}) replaces model.net ({describe_spec(self.net.spec)}): "
+                "a checkpoint is evaluated and resumed with the net it trained; drop model.net or make it match"
             )
             self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
-            self._carry = None
-
-    # ------------------------------------------------------------- exact resume
-    def _stream_state(self) -> Optional[dict[str, Any]]:
-        """Where meta-training is in its problem stream, as plain tensors and ints (``weights_only`` loads it).
-
-        The current problem itself is not stored (it may hold a dataset); the generator's state from
-        *before* it was drawn is, so a resumed run draws the very same problem again, then continues
-        its optimizees from the stored parameters, LSTM state and inner step.
-        """
-        if self._generator is None:
-            return None
-        stream: dict[str, Any] = {
-            "generator": self._generator.get_state(),
-            "world_size": int(self.trainer.world_size) if self._trainer is not None else 1,
-            "nonfinite_in_row": self._nonfinite_in_row,
-            "skipped": self._skipped,
-        }
-        carry = self._carry
-        if carry is not None and self._draw_state is not None:
-            stream.update(
-                draw_generator=self._draw_state.clone(),
-                theta=carry.theta.detach().cpu().clone(),
-                state=tree_map(lambda t: t.detach().cpu().clone(), carry.state),
-                step=int(carry.step),
-            )
-        stream["estimator"] = self.estimator.state_dict()  # e.g. PES's perturbations, carried with the problem
-        stream["curriculum"] = [self._stage, self._stage_best]
-        if self.imitation is not None:
-            stream["imitation"] = self.imitation.state_dict()  # the teacher's state for the carried problem
-        return stream
+            self.stream.carry = None
 
     def _restore_stream(self, stream: dict[str, Any]) -> bool:
         """Continue the checkpoint's problem stream exactly; ``False`` (fresh stream) if it cannot be.
@@ -681,26 +384,14 @@ class MetaLearner(L.LightningModule):
         self._resume = None
         if stream.get("world_size") != 1 or self.trainer.world_size != 1:
             return False
-        self._generator = torch.Generator()
         self._nonfinite_in_row, self._skipped = int(stream["nonfinite_in_row"]), int(stream["skipped"])
-        self._carry = None
-        if "theta" not in stream:
-            self._generator.set_state(stream["generator"])
-            return True
-        self._generator.set_state(stream["draw_generator"])
-        self._draw_state = stream["draw_generator"].clone()
-        problem = self._draw_training_problem()
-        theta = stream["theta"].to(self.device)
-        if not torch.equal(self._generator.get_state(), stream["generator"]) or (
-            problem.initial_params().shape != theta.shape
-        ):
-            warnings.warn(
-                "resuming: the checkpoint's current problem cannot be drawn again with this task (its settings "
-                "differ from the run that saved it); starting a fresh problem, so this resume is not exact"
-            )
-            self._generator.set_state(stream["generator"])
-            return True
-        net = bind(self.net, problem)
-        state = tree_map(lambda t: t.to(self.device), stream["state"])
-        self._carry = _Carry(problem, net, theta, state, int(stream["step"]))
+        self.stream.load_state_dict(stream, self.net, self.device)
         return True
+
+
+def _attached(module: L.LightningModule) -> bool:
+    """Whether ``module`` is attached to a trainer (Lightning's public ``trainer`` property raises if not)."""
+    try:
+        return module.trainer is not None
+    except RuntimeError:
+        return False

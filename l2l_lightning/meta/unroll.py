@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
-from torch.utils._pytree import tree_map
+from l2l_lightning.torch_compat import tree_map
 
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.tasks.base import Problem

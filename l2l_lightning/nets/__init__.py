@@ -1,6 +1,8 @@
 """Learned optimizer networks: the interface (:mod:`~l2l_lightning.nets.base`) and the paper's nets."""
 
-from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.kernel import ChunkKernel
+from l2l_lightning.nets.layout import Layout, Segment
 from l2l_lightning.nets.gac import GlobalAveragingLSTM
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM, FusedLSTMCell
 from l2l_lightning.nets.preprocessing import PREPROCESS_NAMES, preprocess

@@ -34,9 +34,11 @@ from typing import Any, Optional, Sequence, get_args
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import AverageOver, Layout
-from l2l_lightning.nets.lstm import CoordinatewiseLSTM, _LSTMKernel
+from l2l_lightning.errors import ConfigError, check_choice
+from l2l_lightning.nets.layout import AverageOver, Layout
+from l2l_lightning.nets.kernel import FusedStep, PureForm, Rows
+from l2l_lightning.nets.lstm import CoordinatewiseLSTM
+from l2l_lightning.nets.lstm_kernel import LSTMKernel
 from l2l_lightning.nets.preprocessing import PreprocessName
 
 
@@ -66,10 +68,7 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
                 f"GlobalAveragingLSTM: global_cells={global_cells!r} must be an integer from 1 to "
                 f"hidden_size={hidden_size} (the cells of each layer that are averaged)"
             )
-        if average_over not in get_args(AverageOver):
-            raise ConfigError(
-                f"GlobalAveragingLSTM: average_over={average_over!r}; allowed: {', '.join(map(repr, get_args(AverageOver)))}"
-            )
+        check_choice("GlobalAveragingLSTM: average_over", average_over, get_args(AverageOver))
         self.global_cells = global_cells
         self.average_over = average_over
         self._groups: dict[tuple[Layout, torch.device], tuple[Tensor, Tensor, int]] = {}
@@ -107,7 +106,7 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
         return _GACKernel(self, dtype, device)
 
 
-class _GACKernel(_LSTMKernel):
+class _GACKernel(LSTMKernel):
     """The LSTM kernel, with each chunk's averaged cells read from per-group means taken before the chunks."""
 
     net: GlobalAveragingLSTM
@@ -126,14 +125,14 @@ class _GACKernel(_LSTMKernel):
             sizes[group] += size
         self.means = sums / sizes.clamp(min=1).unsqueeze(1)
 
-    def recurrent(self, layer: int, xh_h: Tensor, h: Tensor, rows: Sequence[tuple[int, int, int, int]]) -> None:
+    def recurrent(self, layer: int, xh_h: Tensor, h: Tensor, rows: Rows) -> None:
         k = self.net.global_cells
         xh_h[:, :-k].copy_(h[:, :-k])
         for segment, _, row, length in rows:
             xh_h[row : row + length, -k:].copy_(self.means[layer, self.group_of_segment[segment]].expand(length, k))
 
-    def functional(self) -> Optional[tuple[Any, tuple[Any, ...]]]:
+    def functional(self) -> Optional[PureForm]:
         return None  # the averaged columns depend on the chunk's rows: eager only
 
-    def fused_step(self, device: torch.device) -> Optional[Any]:
+    def fused_step(self, device: torch.device) -> Optional[FusedStep]:
         return None  # the LSTM's fused kernel has no averaged cells

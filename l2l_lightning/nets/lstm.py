@@ -8,7 +8,8 @@ The module is *functional and state-passing*: ``update, state = net(grad, state)
 It knows nothing of Lightning, tasks or parameter names, so the same object is
 differentiated through during meta-training and run under ``no_grad`` when deployed.
 
-One function, two ways to run it:
+One function, two ways to run it, both on the arithmetic of :mod:`l2l_lightning.nets.lstm_kernel`
+(written once there, with its Triton form beside it in :mod:`l2l_lightning.nets.lstm_triton`):
 
 * :meth:`CoordinatewiseLSTM.forward` / :meth:`~CoordinatewiseLSTM.forward_split`
   (meta-training, differentiable): each cell is one autograd node
@@ -16,104 +17,27 @@ One function, two ways to run it:
   handful of nodes per inner step instead of ~40.  The unroll carries the state as
   per-layer ``(h, c)`` tensors (:meth:`~CoordinatewiseLSTM.split_state`), so no state is
   stacked or sliced per step.
-* :meth:`~CoordinatewiseLSTM.step_inplace` (deployment, no autograd): the net's
-  :meth:`~CoordinatewiseLSTM.chunk_kernel` run by the deployment runtime
-  (:mod:`l2l_lightning.optim.runtime`) in chunks sized for the cache, the state updated
-  in place; optionally ``torch.compile``-d.
-
-Both run the same arithmetic (:func:`_cell_`): the four gates are one matrix product on
-``[input, h]`` followed by one ``sigmoid`` (the g rows of the weight are doubled and
-``tanh(a) = 2σ(2a) − 1``: on CPU ``sigmoid`` is ~10× cheaper than ``tanh``), and on CPU
-in float32 the products go through oneDNN (:data:`USE_ONEDNN`), 2-3× faster than MKL's
-GEMM for these skinny shapes.  The results agree with ``nn.LSTMCell`` and ``torch.tanh``
-to a few float32 ulps (tests: within ``1e-5`` relative).
+* :meth:`~CoordinatewiseLSTM.chunk_kernel` (deployment, no autograd): the
+  :class:`~l2l_lightning.nets.lstm_kernel.LSTMKernel` that the deployment runtime
+  (:mod:`l2l_lightning.optim.runtime`) runs in chunks sized for the cache, the state updated
+  in place; optionally ``torch.compile``-d, or fused into one Triton kernel on CUDA.
 """
 
 from __future__ import annotations
 
-import functools
 import math
-from collections.abc import Sequence
 from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from l2l_lightning.errors import ConfigError, check_positive_int
-from l2l_lightning.nets.base import ChunkKernel, Layout, LearnedOptimizerNet, as_layout
-from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess, preprocess_into
-
-
-#: Use oneDNN (``torch.ops.mkldnn._linear_pointwise``) for the cell's float32 matrix products
-#: on CPU.  For these skinny shapes (``rows × 22..40`` by ``40 × 80``) it is 2-3× faster than
-#: the default MKL GEMM on the CPUs measured (``benchmarks/RESULTS.md``); where it is missing
-#: or fails, the products fall back to ``torch.addmm``/``mm`` (once, silently: same function).
-USE_ONEDNN: bool = True
-
-
-def _linear(x: Tensor, weight: Tensor, bias: Optional[Tensor] = None) -> Tensor:
-    """``x @ weight.T + bias`` for 2-D ``x`` (a new tensor).
-
-    oneDNN is fast when each operand is contiguous or the transpose of a contiguous
-    tensor (measured: a column slice's transpose took 1000× longer), so anything else is
-    made contiguous first; the callers pass ``W.t()`` of a contiguous ``W`` for ``@ W``.
-    """
-    global USE_ONEDNN
-    if USE_ONEDNN and x.device.type == "cpu" and x.dtype == torch.float32 == weight.dtype and x.shape[0] > 0:
-        if not (x.is_contiguous() or x.t().is_contiguous()):
-            x = x.contiguous()
-        if not (weight.is_contiguous() or weight.t().is_contiguous()):
-            weight = weight.contiguous()
-        try:
-            return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-        except (AttributeError, RuntimeError, NotImplementedError):  # no oneDNN in this build
-            USE_ONEDNN = False
-    return torch.addmm(bias, x, weight.t()) if bias is not None else x @ weight.t()
-
-
-def _gate_weights(weight: Tensor, bias: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
-    """``(W, b)`` with the rows of the g gate doubled (copies).
-
-    ``tanh(a) = 2σ(2a) − 1``, and doubling is exact in binary floating point, so with
-    these weights a single ``sigmoid`` over all four gates gives i, f, o and (after
-    ``2s − 1``) g.  On CPU ``sigmoid`` is about ten times cheaper than ``tanh``.
-    """
-    weight, bias = weight.clone(), bias.clone()
-    weight[2 * hidden : 3 * hidden] *= 2
-    bias[2 * hidden : 3 * hidden] *= 2
-    return weight, bias
-
-
-def _cell_(
-    xh: Tensor, weight: Tensor, bias: Tensor, c_in: Tensor, hidden: int,
-    c_out: Tensor, tc: Tensor, h_out: Tensor, g: Optional[Tensor] = None,
-) -> Tensor:
-    """The LSTM cell's arithmetic, written into caller-owned ``(rows, hidden)`` tensors.
-
-    ``weight, bias`` come from :func:`_gate_weights`.  Returns the gate activations ``s``
-    (``σ`` of i, f, 2g, o: one matrix product on ``[input, h]`` and one ``sigmoid``) and
-    writes ``tanh(g)`` to ``g`` (default: in place, over the g columns of ``s``), the new
-    cell to ``c_out``, ``tanh(c_out)`` to ``tc`` and the new hidden state to ``h_out``.
-    ``c_out`` may be ``c_in`` and ``h_out`` may be ``tc`` (the in-place deployment step
-    does both).  The autograd function and the chunked no-grad step both run exactly this.
-    """
-    s = _linear(xh, weight, bias).sigmoid_()
-    i, f, sg, o = s.split(hidden, dim=1)
-    torch.mul(sg, 2, out=sg if g is None else g).sub_(1)  # tanh(a_g) = 2σ(2 a_g) − 1
-    g = sg if g is None else g
-    torch.mul(f, c_in, out=c_out).addcmul_(i, g)  # c' = f c + i g
-    torch.mul(c_out, 2, out=tc).sigmoid_().mul_(2).sub_(1)  # tanh(c')
-    torch.mul(tc, o, out=h_out)  # h' = o tanh(c')
-    return s
-
-
-def _cell_functional(xh: Tensor, weight: Tensor, bias: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
-    """:func:`_cell_` as out-of-place ops (``(h', c')``): for ``torch.compile`` and ``torch.func`` transforms."""
-    s = torch.sigmoid(torch.addmm(bias, xh, weight.t()))
-    i, f, sg, o = s.split(hidden, dim=1)
-    c = torch.addcmul(f * c, i, sg * 2 - 1)
-    return (torch.sigmoid(c * 2) * 2 - 1) * o, c
+from l2l_lightning.errors import check_positive_float, check_positive_int
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.layout import Layout, as_layout
+from l2l_lightning.nets.lstm_kernel import LSTMKernel, cell, cell_, gate_weights, linear
+from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess
+from l2l_lightning.torch_compat import functorch_transforms_active
 
 
 class _LSTMCellFunction(torch.autograd.Function):
@@ -131,10 +55,10 @@ class _LSTMCellFunction(torch.autograd.Function):
     def forward(ctx: Any, x: Tensor, h: Tensor, c: Tensor, weight: Tensor, bias: Tensor) -> tuple[Tensor, Tensor]:
         hidden = h.shape[1]
         rows = x.shape[0]
-        gate_weight, gate_bias = _gate_weights(weight, bias, hidden)
+        gate_weight, gate_bias = gate_weights(weight, bias, hidden)
         xh = torch.cat((x, h), dim=1)
         g, c_new, tc, h_new = (xh.new_empty(rows, hidden) for _ in range(4))
-        s = _cell_(xh, gate_weight, gate_bias, c, hidden, c_new, tc, h_new, g=g)
+        s = cell_(xh, gate_weight, gate_bias, c, hidden, c_new, tc, h_new, g=g)
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(xh, c, weight, s, g, tc)
         ctx.hidden = hidden
@@ -173,23 +97,20 @@ class _LSTMCellFunction(torch.autograd.Function):
             weight = weight.clone()
             weight[2 * hidden : 3 * hidden] *= 4
             if needs[0] and needs[1]:
-                dx, dh_prev = _linear(da, weight.t()).split((in_features, hidden), dim=1)
+                dx, dh_prev = linear(da, weight.t()).split((in_features, hidden), dim=1)
             elif needs[0]:
-                dx = _linear(da, weight[:, :in_features].contiguous().t())
+                dx = linear(da, weight[:, :in_features].contiguous().t())
             else:
-                dh_prev = _linear(da, weight[:, in_features:].contiguous().t())
+                dh_prev = linear(da, weight[:, in_features:].contiguous().t())
         if needs[2]:
             dc_prev = dc_total * f
         if needs[3]:
-            dweight = _linear(xh.t(), da.t()).t()  # (xhᵀ da)ᵀ: the faster orientation for oneDNN
+            dweight = linear(xh.t(), da.t()).t()  # (xhᵀ da)ᵀ: the faster orientation for oneDNN
             dweight[2 * hidden : 3 * hidden] *= 4
         if needs[4]:
             dbias = da.sum(0)
             dbias[2 * hidden : 3 * hidden] *= 4
         return dx, dh_prev, dc_prev, dweight, dbias
-
-
-_functorch_active = getattr(torch._C, "_are_functorch_transforms_active", lambda: False)
 
 
 class FusedLSTMCell(nn.Module):
@@ -198,7 +119,7 @@ class FusedLSTMCell(nn.Module):
     Gate order and initialisation follow :class:`torch.nn.LSTMCell` (i, f, g, o;
     ``U(-1/sqrt(H), 1/sqrt(H))``), so ``weight = cat([weight_ih, weight_hh], 1)`` and
     ``bias = bias_ih + bias_hh`` of an ``nn.LSTMCell`` give the same function.  The
-    arithmetic is :func:`_cell_` (``tanh`` computed as ``2σ(2x) − 1``, which agrees with
+    arithmetic is :func:`~l2l_lightning.nets.lstm_kernel.cell_` (``tanh`` computed as ``2σ(2x) − 1``, which agrees with
     ``torch.tanh`` to a few float32 ulps) with a fused backward (:class:`_LSTMCellFunction`).
     """
 
@@ -216,9 +137,9 @@ class FusedLSTMCell(nn.Module):
         weight, bias = self.weight, self.bias
         if weight.dtype != x.dtype:
             weight, bias = weight.to(x.dtype), bias.to(x.dtype)
-        if _functorch_active():  # vmap/grad/jacrev: plain differentiable ops (a custom node cannot be vmapped)
-            weight, bias = _gate_weights(weight, bias, self.hidden_size)
-            return _cell_functional(torch.cat((x, h), dim=1), weight, bias, c, self.hidden_size)
+        if functorch_transforms_active():  # vmap/grad/jacrev: plain differentiable ops (a custom node cannot be vmapped)
+            weight, bias = gate_weights(weight, bias, self.hidden_size)
+            return cell(torch.cat((x, h), dim=1), weight, bias, c, self.hidden_size)
         return _LSTMCellFunction.apply(x, h, c, weight, bias)
 
 
@@ -253,8 +174,7 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
         for name, value in (("hidden_size", hidden_size), ("num_layers", num_layers)):
             check_positive_int(name, value)
         check_preprocess(preprocess, p)
-        if not (isinstance(output_scale, (int, float)) and math.isfinite(output_scale) and output_scale > 0):
-            raise ConfigError(f"output_scale={output_scale!r} must be a positive finite number")
+        check_positive_float("output_scale", output_scale)
         self.hidden_size = hidden_size
         self.num_layers = num_layers
         self.preprocess = preprocess
@@ -311,7 +231,7 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
             the wider of the grad's and the net's dtype, so a bf16 gradient or state costs no accuracy
             inside the cell.
 
-        Differentiable (meta-training).  For deployment, :meth:`step_inplace` computes the
+        Differentiable (meta-training).  For deployment, :meth:`chunk_kernel` computes the
         same function without autograd, chunk by chunk and updating the state in place.
         """
         self._check(grad)
@@ -358,94 +278,11 @@ class CoordinatewiseLSTM(LearnedOptimizerNet):
         return h
 
     # ------------------------------------------------------------ deployment step
-    def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> ChunkKernel:
+    def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> LSTMKernel:
         """The LSTM's arithmetic for one chunk (weights converted once, g rows doubled).
 
-        :meth:`~l2l_lightning.nets.LearnedOptimizerNet.step_inplace` (deployment) runs it
-        through :func:`l2l_lightning.optim.runtime.step_chunked`: in cache-sized chunks, each
-        layer one matrix product on ``[input, h]``, the states updated in place (bf16 states
-        computed in float32 and rounded back), chunks shared over threads on CPU.
+        The deployment runtime (:mod:`l2l_lightning.optim.runtime`) runs it in cache-sized
+        chunks, each layer one matrix product on ``[input, h]``, the states updated in place
+        (bf16 states computed in float32 and rounded back), chunks shared over threads on CPU.
         """
-        return _LSTMKernel(self, dtype, device)
-
-
-class _LSTMKernel(ChunkKernel):
-    """:class:`CoordinatewiseLSTM`'s chunk arithmetic: ``[input, h]`` buffers per layer, in place.
-
-    Each layer is one matrix product on ``[input, h]`` and one ``sigmoid`` (:func:`_cell_`),
-    writing the new ``c`` and ``h`` straight into the chunk's state view.
-    """
-
-    coordinate_dim = 2
-
-    def __init__(self, net: CoordinatewiseLSTM, dtype: torch.dtype, device: torch.device) -> None:
-        self.net, self.dtype = net, dtype
-        self.layout: Optional[Layout] = None
-        to = functools.partial(Tensor.to, device=device, dtype=dtype)
-        weights = []
-        for cell in net.cells:
-            weights += _gate_weights(to(cell.weight), to(cell.bias), net.hidden_size)
-        weights += [to(net.output.weight), to(net.output.bias)]
-        self.weights = weights
-
-    def state_shape(self, n: int) -> tuple[int, ...]:
-        return self.net.state_shape(n)
-
-    def prepare(self, states: Sequence[Tensor], layout: Layout) -> None:
-        self.layout = layout
-
-    def buffers(self, rows: int, device: torch.device) -> dict[str, Any]:
-        net = self.net
-        hidden = net.hidden_size
-        widths = [num_features(net.preprocess)] + [hidden] * (net.num_layers - 1)
-        empty = functools.partial(torch.empty, dtype=self.dtype, device=device)
-        return {"xh": [empty(rows, width + hidden) for width in widths], "update": empty(rows, 1)}
-
-    def recurrent(self, layer: int, xh_h: Tensor, h: Tensor, rows: Sequence[tuple[int, int, int, int]]) -> None:
-        """Write layer ``layer``'s recurrent input into ``xh_h`` (the h columns of its buffer)."""
-        xh_h.copy_(h)
-
-    def __call__(self, buffers: dict[str, Any], g: Tensor, state: Tensor, rows: Sequence[tuple[int, int, int, int]]) -> Tensor:
-        net, weights = self.net, self.weights
-        hidden, c = net.hidden_size, g.shape[0]
-        x = buffers["xh"][0][:c]
-        preprocess_into(g, net.preprocess, net.p, x[:, : x.shape[1] - hidden])
-        for layer in range(net.num_layers):
-            h_state, c_state = state[layer, 0], state[layer, 1]
-            xh = buffers["xh"][layer][:c]
-            self.recurrent(layer, xh[:, xh.shape[1] - hidden :], h_state, rows)
-            # tanh(g) overwrites σ(2g) in place (g's columns of s): no separate buffer
-            _cell_(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, c_state, h_state, h_state)
-            if layer + 1 < net.num_layers:
-                buffers["xh"][layer + 1][:c, :hidden].copy_(h_state)
-        update = buffers["update"][:c]
-        torch.addmm(weights[-1], state[net.num_layers - 1, 0], weights[-2].t(), out=update)
-        return update.squeeze(1).mul_(net.output_scale)
-
-    def functional(self) -> Optional[tuple[Any, tuple[Any, ...]]]:
-        net = self.net
-        return _chunk_functional, (self.weights, net.preprocess, net.p, net.output_scale)
-
-    def fused_step(self, device: torch.device) -> Optional[Any]:
-        """The Triton kernel of :mod:`l2l_lightning.optim.triton_step` where it applies (float32 maths)."""
-        from l2l_lightning.optim import triton_step  # a deployment kernel: imported only when stepping
-
-        if self.dtype != torch.float32 or not triton_step.available(self.net, device):
-            return None
-        return triton_step.TritonLSTMStep(self.net, device)
-
-
-def _chunk_functional(
-    g: Tensor, state: Tensor, weights: list[Tensor], preprocess_name: str, p: float, output_scale: float
-) -> tuple[Tensor, Tensor]:
-    """The chunk arithmetic of :class:`_LSTMKernel` as a pure function (for ``torch.compile``)."""
-    layers, hidden = state.shape[0], state.shape[3]
-    x = preprocess(g, preprocess_name, p)
-    new = []
-    for layer in range(layers):
-        weight, bias = weights[2 * layer], weights[2 * layer + 1]
-        h, c = _cell_functional(torch.cat((x, state[layer, 0]), dim=1), weight, bias, state[layer, 1], hidden)
-        new += (h, c)
-        x = h
-    update = torch.addmm(weights[-1], x, weights[-2].t()).squeeze(1) * output_scale
-    return update, torch.stack(new).view(state.shape)
+        return LSTMKernel(self, dtype, device)

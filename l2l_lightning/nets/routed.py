@@ -27,10 +27,11 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import torch
 from torch import Tensor, nn
-from torch.utils._pytree import tree_map
 
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import Layout, LearnedOptimizerNet, Segment
+from l2l_lightning.nets.base import LearnedOptimizerNet, RouteParts
+from l2l_lightning.nets.layout import Layout, Segment
+from l2l_lightning.torch_compat import tree_map
 
 NetOrSpec = Union[nn.Module, Mapping[str, Any]]
 
@@ -122,7 +123,7 @@ class RoutedNets(LearnedOptimizerNet):
             assignment.append(route)
             by_pattern.append(segment)
         if by_pattern and not partial:
-            self._check_every_pattern_used(list(whole) if whole is not None else by_pattern)
+            self._refuse_unused_patterns(list(whole) if whole is not None else by_pattern)
         return assignment
 
     def _route_of(self, segment: Segment) -> Optional[str]:
@@ -131,7 +132,7 @@ class RoutedNets(LearnedOptimizerNet):
                 return route
         return None
 
-    def _check_every_pattern_used(self, segments: Sequence[Segment]) -> None:
+    def _refuse_unused_patterns(self, segments: Sequence[Segment]) -> None:
         """Raise if some pattern is the first match of none of ``segments``."""
         unique = list({(s.name, s.module_types): s for s in segments}.values())
         used = set()
@@ -172,8 +173,8 @@ class RoutedNets(LearnedOptimizerNet):
             raise ConfigError("RoutedNets.init_state needs the parameter layout (a Layout), not a number of coordinates")
         return self.bind(layout).init_state(layout, device=device, dtype=dtype)
 
-    def state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
-        return self.bind(layout).state_shapes(layout)
+    def segment_state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
+        return self.bind(layout).segment_state_shapes(layout)
 
 
 def _matches(pattern: str, segment: Segment) -> bool:
@@ -202,23 +203,18 @@ class BoundNets(LearnedOptimizerNet):
         self.__dict__["routed"] = routed  # a plain reference: the weights belong to ``routed``
         self.layout = layout
         self.assignment = list(assignment)
-        parts: dict[str, tuple[list[int], list[Tensor]]] = {route: ([], []) for route in routed.nets}
-        offset = 0
-        for i, (segment, route) in enumerate(zip(layout, self.assignment)):
-            parts[route][0].append(i)
-            parts[route][1].append(torch.arange(offset, offset + segment.numel))
-            offset += segment.numel
-        empty = torch.empty(0, dtype=torch.long)
-        #: per route: (its net, its segments' positions, its sub-layout, its coordinates)
-        self.parts = [
-            (routed.nets[route], members, Layout(layout.segments[i] for i in members), torch.cat(idx) if idx else empty)
-            for route, (members, idx) in parts.items()
-        ]
-        order = torch.cat([index for *_, index in self.parts]) if self.parts else empty
-        positions = torch.arange(layout.numel)
-        #: position in ``cat(route updates)`` of each coordinate; ``None`` if that is the identity
-        self.inverse = None if torch.equal(order, positions) else torch.empty_like(order).index_copy_(0, order, positions)
-        self._on: dict[torch.device, tuple[list[Tensor], Optional[Tensor]]] = {}
+        members: dict[str, list[int]] = {route: [] for route in routed.nets}
+        for i, route in enumerate(self.assignment):
+            members[route].append(i)
+        self.routing = RouteParts(layout, [(routed.nets[route], positions) for route, positions in members.items()])
+
+    @property
+    def parts(self) -> list[tuple[LearnedOptimizerNet, list[int], Layout]]:
+        """Per route: its net, its segments' positions in the bound layout, its sub-layout."""
+        return self.routing.parts
+
+    def route_parts(self) -> RouteParts:
+        return self.routing
 
     @property
     def config(self) -> dict[str, Any]:
@@ -229,7 +225,7 @@ class BoundNets(LearnedOptimizerNet):
         return self.routed.spec
 
     def state_shape(self, n: int) -> tuple[int, ...]:
-        raise TypeError("BoundNets has one state shape per segment: use state_shapes(layout)")
+        raise TypeError("BoundNets has one state shape per segment: use segment_state_shapes(layout)")
 
     def routes_of(self, layout: Layout, *, partial: bool = False, whole: Optional[Layout] = None) -> list[str]:
         self._check(layout)
@@ -241,33 +237,25 @@ class BoundNets(LearnedOptimizerNet):
         if layout is not None and layout is not self.layout and layout != self.layout:
             raise ConfigError(f"these nets are bound to {self.layout!r}, not {layout!r}; bind them to the new layout")
 
-    def _indices(self, device: torch.device) -> tuple[list[Tensor], Optional[Tensor]]:
-        if device not in self._on:
-            self._on[device] = (
-                [index.to(device) for *_, index in self.parts],
-                None if self.inverse is None else self.inverse.to(device),
-            )
-        return self._on[device]
-
-    def state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
+    def segment_state_shapes(self, layout: Layout) -> list[tuple[int, ...]]:
         self._check(layout)
         shapes: list[Any] = [None] * len(layout)
-        for net, members, sub, _ in self.parts:
-            for i, shape in zip(members, net.state_shapes(sub)):
+        for net, members, sub in self.parts:
+            for i, shape in zip(members, net.segment_state_shapes(sub)):
                 shapes[i] = shape
         return shapes
 
-    def init_states(self, layout: Layout, device: Any = None, dtype: Optional[torch.dtype] = None) -> list[Tensor]:
+    def init_segment_states(self, layout: Layout, device: Any = None, dtype: Optional[torch.dtype] = None) -> list[Tensor]:
         self._check(layout)
         states: list[Any] = [None] * len(layout)
-        for net, members, sub, _ in self.parts:
-            for i, state in zip(members, net.init_states(sub, device=device, dtype=dtype)):
+        for net, members, sub in self.parts:
+            for i, state in zip(members, net.init_segment_states(sub, device=device, dtype=dtype)):
                 states[i] = state
         return states
 
     def init_state(self, layout: Any = None, device: Any = None, dtype: Optional[torch.dtype] = None) -> tuple[Any, ...]:
         self._check(layout)
-        return tuple(net.init_state(sub, device=device, dtype=dtype) for net, _, sub, _ in self.parts)
+        return tuple(net.init_state(sub, device=device, dtype=dtype) for net, _, sub in self.parts)
 
     def split_state(self, state: Sequence[Any]) -> list[Any]:
         return [net.split_state(s) for (net, *_), s in zip(self.parts, state)]
@@ -275,46 +263,16 @@ class BoundNets(LearnedOptimizerNet):
     def join_state(self, carried: Sequence[Any]) -> tuple[Any, ...]:
         return tuple(net.join_state(c) for (net, *_), c in zip(self.parts, carried))
 
-    def _route_updates(self, grad: Tensor, step: Any) -> Tensor:
-        """``step(part, its grad, its position)`` per route, updates put back in the flat order."""
-        indices, inverse = self._indices(grad.device)
-        updates = [step(part, grad.index_select(0, index), i) for i, (part, index) in enumerate(zip(self.parts, indices))]
-        update = torch.cat(updates) if updates else grad.new_empty(0)
-        return update if inverse is None else update.index_select(0, inverse)
-
     def forward_split(self, grad: Tensor, carried: Sequence[Any], layout: Any = None) -> tuple[Tensor, list[Any]]:
         self._check(layout)
-        new: list[Any] = list(carried)
-
-        def step(part: tuple[Any, ...], route_grad: Tensor, i: int) -> Tensor:
-            net, _, sub, _ = part
-            update, new[i] = net.forward_split(route_grad, carried[i], sub)
-            return update
-
-        return self._route_updates(grad, step), new
+        new: list[Any] = []
+        updates = []
+        for (net, _, sub), route_grad, state in zip(self.parts, self.routing.split(grad), carried):
+            update, state = net.forward_split(route_grad, state, sub)
+            updates.append(update)
+            new.append(state)
+        return self.routing.join(updates, grad), new
 
     def forward(self, grad: Tensor, state: Sequence[Any], layout: Any = None) -> tuple[Tensor, tuple[Any, ...]]:
         update, carried = self.forward_split(grad, self.split_state(state), layout)
         return update, tree_map(lambda new, old: new.to(old.dtype), self.join_state(carried), tuple(state))
-
-    @torch.no_grad()
-    def step_inplace(
-        self,
-        grad: Tensor,
-        states: Sequence[Tensor],
-        layout: Any = None,
-        *,
-        out: Optional[Tensor] = None,
-        keep: Optional[Tensor] = None,
-        options: Any = None,
-    ) -> Tensor:
-        """Each route's net steps its segments' states (one per segment of the bound layout)."""
-        self._check(layout)
-        states = list(states)
-
-        def step(part: tuple[Any, ...], route_grad: Tensor, i: int) -> Tensor:
-            net, members, sub, _ = part
-            return net.step_inplace(route_grad, [states[m] for m in members], sub, keep=keep, options=options)
-
-        update = self._route_updates(grad, step)
-        return update if out is None else out.copy_(update)

@@ -7,7 +7,8 @@
 * :mod:`l2l_lightning.optim.pretrained` — export (:func:`~l2l_lightning.optim.pretrained.export`), list and
   load trained optimizers; :mod:`l2l_lightning.optim.export` is the command line
   (``python -m l2l_lightning.optim.export CKPT NAME``), hence no ``export`` name here.
-* :mod:`l2l_lightning.optim.runtime` — how a step runs: chunks, threads, compile.
+* :mod:`l2l_lightning.optim.runtime` — how a step runs: chunks, threads, compile, fused;
+  :mod:`~l2l_lightning.optim.state` the state dict; :mod:`~l2l_lightning.optim.routing` which net steps what.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 #: ``python -m l2l_lightning.optim.pretrained`` runs a module its package has not imported
 #: yet, and the callback's Lightning is imported only by those who use it.
 _EXPORTS: dict[str, str] = {
-    "STATE_DTYPES": "l2l_lightning.optim.learned",
+    "STATE_DTYPES": "l2l_lightning.optim.state",
     "LearnedOptimizer": "l2l_lightning.optim.learned",
     "LearnedOptimizerCallback": "l2l_lightning.optim.callback",
     "SkippedStepWarning": "l2l_lightning.optim.learned",
@@ -44,5 +45,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:
     from l2l_lightning.optim.callback import LearnedOptimizerCallback
-    from l2l_lightning.optim.learned import STATE_DTYPES, LearnedOptimizer, SkippedStepWarning
+    from l2l_lightning.optim.learned import LearnedOptimizer, SkippedStepWarning
+    from l2l_lightning.optim.state import STATE_DTYPES
     from l2l_lightning.optim.pretrained import available, load_net

@@ -35,9 +35,10 @@ from lightning.pytorch.utilities import rank_zero_warn
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.lightning_compat import split_optimizer_config
 from l2l_lightning.nets.base import LearnedOptimizerNet
-from l2l_lightning.optim.learned import (
-    LearnedOptimizer, NamedModules, _check_lr, _check_step_options, _state_dtype_name,
-)
+from l2l_lightning.optim.learned import LearnedOptimizer
+from l2l_lightning.optim.routing import NamedModules
+from l2l_lightning.optim.runtime import check_step_options
+from l2l_lightning.optim.state import check_lr, state_dtype_name
 from l2l_lightning.optim.pretrained import load_net
 
 _MISSING = object()
@@ -73,12 +74,12 @@ class LearnedOptimizerCallback(L.Callback):
         module: Optional[NamedModules] = None,
         fused: Union[bool, str] = "auto",
     ) -> None:
-        _check_lr(lr)
+        check_lr(lr)
         self.net = load_net(checkpoint)
         self.lr = lr
-        chunk_size, compile, fused = _check_step_options(chunk_size, compile, fused)
+        chunk_size, compile, fused = check_step_options(chunk_size, compile, fused)
         #: LearnedOptimizer's keyword arguments besides the net, lr and module
-        self.options = {"state_dtype": _state_dtype_name(state_dtype), "chunk_size": chunk_size, "compile": compile, "fused": fused}
+        self.options = {"state_dtype": state_dtype_name(state_dtype), "chunk_size": chunk_size, "compile": compile, "fused": fused}
         self.module = module
         self._patched: Optional[tuple[L.LightningModule, Any]] = None
 

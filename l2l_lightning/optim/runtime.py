@@ -2,7 +2,13 @@
 
 A learned optimizer keeps ~80 numbers of state per parameter, so the deployment step
 is dominated by moving state through memory.  This module is everything about *how*
-a step runs, separate from the net's maths (:class:`~l2l_lightning.nets.base.ChunkKernel`):
+a step runs, separate from the net's maths (:class:`~l2l_lightning.nets.kernel.ChunkKernel`).
+:func:`step_inplace` is the one dispatcher of a deployment step: a bound
+:class:`~l2l_lightning.nets.RoutedNets` is stepped route by route; a net with a chunk kernel
+runs fused or in chunks; any other net through one ``forward`` over its concatenated states.
+The runtime calls into the net's maths and gets the result back; nothing in ``nets`` calls
+into deployment, so the walk from ``LearnedOptimizer.step()`` to the maths and back crosses
+between ``optim`` and ``nets`` once each way.
 
 * **Chunks.**  The flat gradient is cut into chunks of ``chunk_size`` rows
   (:data:`DEFAULT_CHUNK_SIZE`), so each chunk's temporaries (gate activations: 2.6 MB at
@@ -17,21 +23,20 @@ a step runs, separate from the net's maths (:class:`~l2l_lightning.nets.base.Chu
 * **Compile.**  ``torch.compile`` of the kernel's pure form on request (on CUDA by
   default); a failed compilation warns once and runs eagerly from then on.
 * **Fused.**  Where a kernel offers a single-kernel step for the device (the LSTM's Triton
-  kernel on CUDA, :mod:`l2l_lightning.optim.triton_step`), that runs instead of the chunks
+  kernel on CUDA, :mod:`l2l_lightning.nets.lstm_triton`), that runs instead of the chunks
   (``StepOptions.fused``: by default wherever it is available).
 * **Non-finite updates.**  A coordinate whose update comes out NaN/Inf gets a zero
   state, so one diverged coordinate cannot poison later steps; its update is left
   non-finite for the caller to see.  With ``keep`` (a 0-d device bool), states are
   only written where it is true, decided without a host synchronisation.
 
-A net offers its kernel through :meth:`~l2l_lightning.nets.LearnedOptimizerNet.chunk_kernel`;
-its :meth:`~l2l_lightning.nets.LearnedOptimizerNet.step_inplace`, which the optimizer calls,
-then runs :func:`step_chunked`.
+A net offers its kernel through :meth:`~l2l_lightning.nets.LearnedOptimizerNet.chunk_kernel`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -41,16 +46,14 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, check_positive_int
-from l2l_lightning.nets.base import ChunkKernel, Layout
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.kernel import ChunkKernel, FusedStepUnavailable, Rows
+from l2l_lightning.nets.layout import Layout, Segment, as_layout
 
 #: Rows per chunk, by device type.  On CPU a chunk's gate activations stay in L2/L3; on
 #: GPUs a chunk only has to be big enough to fill the device.
 DEFAULT_CHUNK_SIZE: dict[str, int] = {"cpu": 8192, "cuda": 2**18}
-
-
-class FusedStepUnavailable(RuntimeError):
-    """A fused step could not be compiled or launched before any state was written: run the chunked step instead."""
 
 
 #: Set when the fused kernel failed to compile here: ``fused=None`` ("auto") then stays with the chunks.
@@ -71,6 +74,15 @@ def _disable_fused(error: BaseException) -> None:
 def check_chunk_size(chunk_size: Any) -> int:
     """``chunk_size`` if it is a positive integer, else :class:`ConfigError`."""
     return check_positive_int("chunk_size", chunk_size, " (rows of coordinates per chunk)")
+
+
+def check_step_options(chunk_size: Optional[int], compile: Any, fused: Any) -> tuple[Optional[int], Any, Any]:
+    """The step's ``chunk_size``, ``compile`` and ``fused`` options, checked (``LearnedOptimizer`` and its callback)."""
+    return (
+        None if chunk_size is None else check_chunk_size(chunk_size),
+        check_choice("compile", compile, (True, False, "auto"), " ('auto': compile on CUDA only)"),
+        check_choice("fused", fused, (True, False, "auto"), " ('auto': the fused step wherever it is available)"),
+    )
 
 
 @dataclass(frozen=True)
@@ -148,6 +160,96 @@ def _rows_contiguous(state: Tensor, dim: int) -> bool:
 
 
 @torch.no_grad()
+def step_inplace(
+    net: LearnedOptimizerNet,
+    grad: Tensor,
+    states: "Tensor | Sequence[Tensor]",
+    layout: "Layout | int | None" = None,
+    *,
+    out: Optional[Tensor] = None,
+    keep: Optional[Tensor] = None,
+    options: Optional[StepOptions] = None,
+) -> Tensor:
+    """The deployment step of ``net``: ``states`` (one per segment of ``layout``) advance in place.
+
+    Args:
+        net: the net, bound to ``layout`` (:meth:`~l2l_lightning.nets.LearnedOptimizerNet.bind`).
+        grad: the flat gradient of all segments.
+        states: one state per segment of ``layout`` (default layout: one flat tensor per
+            state, in ``grad``'s order), any float dtype each.
+        out: where to write the update (``grad``'s shape and dtype); allocated if ``None``.
+        keep: optional 0-d bool tensor on the device; where it is ``False`` no state
+            changes, decided on the device without a host synchronisation.
+        options: how the step runs (chunk size, compile, threads, fused); not what it computes.
+
+    Returns the flat update.  Coordinates whose update is non-finite get a zero state
+    (a fresh start where the net diverged; the update is left non-finite for the caller
+    to see).
+    """
+    states, layout = _checked(net, grad, states, layout)
+    return _dispatch(net, grad, states, layout, out, keep, options or StepOptions())
+
+
+def _checked(
+    net: LearnedOptimizerNet, grad: Tensor, states: "Tensor | Sequence[Tensor]", layout: "Layout | int | None"
+) -> tuple[list[Tensor], Layout]:
+    """``states`` as a list and ``layout`` as a :class:`Layout`, both checked against ``grad`` and the net."""
+    if grad.dim() != 1 or not grad.is_floating_point():
+        raise ValueError(f"grad must be a 1-D floating-point tensor, got {grad.dtype} of shape {tuple(grad.shape)}")
+    states = [states] if isinstance(states, Tensor) else list(states)
+    routes = net.route_parts()
+    if layout is None and routes is not None:
+        layout = routes.layout
+    elif layout is None:
+        dim = net.coordinate_dim
+        layout = Layout.flat(grad.shape[0]) if len(states) == 1 else Layout(
+            [Segment(f"tensor{i}", (s.shape[dim],)) for i, s in enumerate(states)]
+        )
+    layout = as_layout(layout)
+    layout.check(grad)
+    if len(states) != len(layout):
+        raise ValueError(f"{len(states)} states for a layout of {len(layout)} tensors; give one state per tensor")
+    for state, expected in zip(states, net.segment_state_shapes(layout)):
+        if tuple(state.shape) != tuple(expected):
+            raise ValueError(
+                f"a state has shape {tuple(state.shape)}, expected {tuple(expected)}; create it with "
+                "net.init_state(numel) for each tensor"
+            )
+    return states, layout
+
+
+def _dispatch(
+    net: LearnedOptimizerNet,
+    grad: Tensor,
+    states: list[Tensor],
+    layout: Layout,
+    out: Optional[Tensor],
+    keep: Optional[Tensor],
+    options: StepOptions,
+) -> Tensor:
+    """Route by route, then fused or chunked where the net has a kernel, else one ``forward``."""
+    routes = net.route_parts()
+    if routes is not None:
+        updates = [
+            _dispatch(sub, route_grad, [states[m] for m in members], sub_layout, None, keep, options)
+            for (sub, members, sub_layout), route_grad in zip(routes.parts, routes.split(grad))
+        ]
+        update = routes.join(updates, grad)
+        return update if out is None else out.copy_(update)
+    kernel = net.chunk_kernel(net.compute_dtype(grad.dtype), grad.device)
+    if kernel is not None:
+        return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
+    dim = net.coordinate_dim
+    update, new_state = net(grad, torch.cat(states, dim=dim), layout)
+    shape = [1] * new_state.dim()
+    shape[dim] = -1
+    new_state = new_state.masked_fill(~torch.isfinite(update).view(shape), 0)
+    for state, new in zip(states, new_state.split([s.shape[dim] for s in states], dim=dim)):
+        state.copy_(torch.where(keep, new, state) if keep is not None else new)
+    return update if out is None else out.copy_(update)
+
+
+@torch.no_grad()
 @torch.autocast("cpu", enabled=False)
 @torch.autocast("cuda", enabled=False)
 def step_chunked(
@@ -165,102 +267,19 @@ def step_chunked(
     Returns ``out`` (allocated if ``None``): the flat update in ``grad``'s dtype.
     """
     options = options or StepOptions()
-    n = grad.shape[0]
-    dim = kernel.coordinate_dim
     device = grad.device
     chunk_size = check_chunk_size(DEFAULT_CHUNK_SIZE.get(device.type, 2**16) if options.chunk_size is None else options.chunk_size)
     if out is None:
         out = torch.empty_like(grad)
     elif out.shape != grad.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(grad.shape)}")
-    if n == 0:
+    if grad.shape[0] == 0 or _stepped_fused(kernel, grad, states, out, keep, options):
         return out
-    if options.fused is not False and not (options.fused is None and _FUSED_FAILED):
-        fused = kernel.fused_step(device)
-        if fused is not None and all(_rows_contiguous(s, dim) and s.device == device for s in states):
-            try:
-                return fused(grad, states, out, keep)
-            except FusedStepUnavailable as error:
-                if options.fused:
-                    raise
-                _disable_fused(error)  # nothing was written: the chunked path below does the step
-        elif options.fused:
-            raise ConfigError(
-                f"fused=True, but no single-kernel step for {type(kernel).__name__} on {device} with these states "
-                "(it needs Triton and CUDA, float32 maths, row-contiguous states); use fused='auto'"
-            )
-    dtype = kernel.dtype
-    rows = min(chunk_size, n)
-    masked = keep is not None
-    reset_always = masked or device.type != "cpu"  # a host check per chunk would sync a GPU
+    rows = min(chunk_size, grad.shape[0])
     kernel.prepare(states, layout)
     runner = _compiled_runner(kernel) if options.compile and kernel.functional() is not None else None
-    narrow = Tensor.narrow
-
-    def run(work: _Workspace, g: Tensor, state: Tensor, pieces: list[tuple[int, int, int, int, int]]) -> None:
-        """One chunk (``state``: its view); pieces ``(segment, start, flat start, row, length)``; write ``out``."""
-        where = [(segment, start, row, length) for segment, start, _, row, length in pieces]
-        if runner is not None and runner.active:
-            u = runner(kernel, work, g, state, where)
-        else:
-            u = kernel(work.kernel, g, state, where)
-        bad = ~torch.isfinite(u)
-        if reset_always or bool(bad.any()):
-            shape = [1] * state.dim()
-            shape[dim] = -1
-            state.masked_fill_(bad.view(shape), 0)
-        for _, _, flat_start, row, length in pieces:
-            out[flat_start : flat_start + length].copy_(u[row : row + length])
-
-    def direct(work: _Workspace, index: int, seg: Tensor, pos: int, flat_start: int, c: int) -> None:
-        """A chunk inside one state tensor of the compute dtype: computed in place."""
-        run(work, grad[flat_start : flat_start + c].to(dtype), narrow(seg, dim, pos, c), [(index, pos, flat_start, 0, c)])
-
-    def gathered(work: _Workspace, pieces: list[tuple[int, Tensor, int, int, int]]) -> None:
-        """Pieces ``(segment, state, start, flat start, length)`` copied into the workspace, computed, copied back."""
-        c = sum(piece[4] for piece in pieces)
-        g = work.grad[:c]
-        where, row = [], 0
-        for index, seg, start, flat_start, length in pieces:
-            g[row : row + length].copy_(grad[flat_start : flat_start + length])
-            narrow(work.state, dim, row, length).copy_(narrow(seg, dim, start, length))
-            where.append((index, start, flat_start, row, length))
-            row += length
-        run(work, g, narrow(work.state, dim, 0, c), where)
-        row = 0
-        for _, seg, start, _, length in pieces:
-            new = narrow(work.state, dim, row, length)
-            target = narrow(seg, dim, start, length)
-            target.copy_(torch.where(keep, new, target) if masked else new)
-            row += length
-
-    # Plan.  Chunks inside one state of the compute dtype run in place; a tail of at least
-    # ``min_direct`` rows too (one more chunk, but no copies); smaller tails and small tensors
-    # are packed together through the workspace, so many small parameters still make full chunks.
-    direct_ok = not masked and runner is None
-    min_direct = max(1, rows // 4)
-    tasks: list[tuple[Any, ...]] = []
-    pending: list[tuple[int, Tensor, int, int, int]] = []
-    pending_rows = offset = 0
-    for index, seg in enumerate(states):
-        size, pos = seg.shape[dim], 0
-        if direct_ok and seg.dtype == dtype and seg.device == device and _rows_contiguous(seg, dim):
-            while size - pos >= min_direct:
-                c = min(rows, size - pos)
-                tasks.append((direct, index, seg, pos, offset + pos, c))
-                pos += c
-        while pos < size:
-            length = min(size - pos, rows - pending_rows)
-            pending.append((index, seg, pos, offset + pos, length))
-            pending_rows += length
-            pos += length
-            if pending_rows == rows:
-                tasks.append((gathered, pending))
-                pending, pending_rows = [], 0
-        offset += size
-    if pending:
-        tasks.append((gathered, pending))
-
+    chunks = _Chunks(kernel, grad, out, keep, runner)
+    tasks = chunks.plan(states, rows, direct_ok=keep is None and runner is None)
     if device.type != "cpu" or runner is not None:
         work = _Workspace(kernel, rows, device, zero=runner is not None)
         for fn, *args in tasks:
@@ -269,6 +288,115 @@ def step_chunked(
     threads = options.threads or torch.get_num_threads()
     _run_chunks_in_threads(tasks, lambda: _Workspace(kernel, rows, device), threads)
     return out
+
+
+def _stepped_fused(
+    kernel: ChunkKernel, grad: Tensor, states: Sequence[Tensor], out: Tensor, keep: Optional[Tensor], options: StepOptions
+) -> bool:
+    """Run the kernel's single-kernel step if it applies and is wanted; whether it ran (``out`` written)."""
+    if options.fused is False or (options.fused is None and _FUSED_FAILED):
+        return False
+    device, dim = grad.device, kernel.coordinate_dim
+    fused = kernel.fused_step(device)
+    if fused is not None and all(_rows_contiguous(s, dim) and s.device == device for s in states):
+        try:
+            fused(grad, states, out, keep)
+            return True
+        except FusedStepUnavailable as error:
+            if options.fused:
+                raise
+            _disable_fused(error)  # nothing was written: the chunked path does the step
+            return False
+    if options.fused:
+        raise ConfigError(
+            f"fused=True, but no single-kernel step for {type(kernel).__name__} on {device} with these states "
+            "(it needs Triton and CUDA, float32 maths, row-contiguous states); use fused='auto'"
+        )
+    return False
+
+
+#: One piece of a gathered chunk: ``(segment index, its state, start in the segment, flat start, length)``.
+_Piece = tuple[int, Tensor, int, int, int]
+
+
+class _Chunks:
+    """One chunked step: the plan of chunks over the states, and how one chunk runs (direct or gathered)."""
+
+    def __init__(
+        self, kernel: ChunkKernel, grad: Tensor, out: Tensor, keep: Optional[Tensor], runner: "Optional[_CompiledRunner]"
+    ) -> None:
+        self.kernel, self.grad, self.out, self.keep, self.runner = kernel, grad, out, keep, runner
+        self.dim, self.dtype, self.device = kernel.coordinate_dim, kernel.dtype, grad.device
+        #: reset diverged rows without asking the host first: masked steps, and GPUs (a check would sync)
+        self.reset_always = keep is not None or grad.device.type != "cpu"
+
+    def plan(self, states: Sequence[Tensor], rows: int, direct_ok: bool) -> list[tuple[Any, ...]]:
+        """``(fn, *args)`` per chunk.  Chunks inside one state of the compute dtype run in place; a tail of
+        at least ``rows // 4`` rows too (one more chunk, but no copies); smaller tails and small tensors
+        are packed together through the workspace, so many small parameters still make full chunks."""
+        dim, min_direct = self.dim, max(1, rows // 4)
+        tasks: list[tuple[Any, ...]] = []
+        pending: list[_Piece] = []
+        pending_rows = offset = 0
+        for index, seg in enumerate(states):
+            size, pos = seg.shape[dim], 0
+            if direct_ok and seg.dtype == self.dtype and seg.device == self.device and _rows_contiguous(seg, dim):
+                while size - pos >= min_direct:
+                    c = min(rows, size - pos)
+                    tasks.append((self.direct, index, seg, pos, offset + pos, c))
+                    pos += c
+            while pos < size:
+                length = min(size - pos, rows - pending_rows)
+                pending.append((index, seg, pos, offset + pos, length))
+                pending_rows += length
+                pos += length
+                if pending_rows == rows:
+                    tasks.append((self.gathered, pending))
+                    pending, pending_rows = [], 0
+            offset += size
+        if pending:
+            tasks.append((self.gathered, pending))
+        return tasks
+
+    def run(self, work: _Workspace, g: Tensor, state: Tensor, pieces: list[tuple[int, int, int, int, int]]) -> None:
+        """One chunk (``state``: its view); pieces ``(segment, start, flat start, row, length)``; write ``out``."""
+        where: Rows = [(segment, start, row, length) for segment, start, _, row, length in pieces]
+        if self.runner is not None and self.runner.active:
+            u = self.runner(self.kernel, work, g, state, where)
+        else:
+            u = self.kernel(work.kernel, g, state, where)
+        bad = ~torch.isfinite(u)
+        if self.reset_always or bool(bad.any()):
+            shape = [1] * state.dim()
+            shape[self.dim] = -1
+            state.masked_fill_(bad.view(shape), 0)
+        out = self.out
+        for _, _, flat_start, row, length in pieces:
+            out[flat_start : flat_start + length].copy_(u[row : row + length])
+
+    def direct(self, work: _Workspace, index: int, seg: Tensor, pos: int, flat_start: int, c: int) -> None:
+        """A chunk inside one state tensor of the compute dtype: computed in place."""
+        g = self.grad[flat_start : flat_start + c].to(self.dtype)
+        self.run(work, g, seg.narrow(self.dim, pos, c), [(index, pos, flat_start, 0, c)])
+
+    def gathered(self, work: _Workspace, pieces: list[_Piece]) -> None:
+        """Pieces copied into the workspace, computed, copied back (only where ``keep``)."""
+        dim, grad, keep = self.dim, self.grad, self.keep
+        c = sum(piece[4] for piece in pieces)
+        g = work.grad[:c]
+        where, row = [], 0
+        for index, seg, start, flat_start, length in pieces:
+            g[row : row + length].copy_(grad[flat_start : flat_start + length])
+            work.state.narrow(dim, row, length).copy_(seg.narrow(dim, start, length))
+            where.append((index, start, flat_start, row, length))
+            row += length
+        self.run(work, g, work.state.narrow(dim, 0, c), where)
+        row = 0
+        for _, seg, start, _, length in pieces:
+            new = work.state.narrow(dim, row, length)
+            target = seg.narrow(dim, start, length)
+            target.copy_(torch.where(keep, new, target) if keep is not None else new)
+            row += length
 
 
 #: ATen uses OpenMP here, whose thread count is per calling thread (the chunk threads rely on it).
@@ -317,6 +445,26 @@ def _run_chunks_in_threads(tasks: list[tuple[Any, ...]], workspace: Callable[[],
         raise errors[0]
 
 
+def not_traced(step: Callable[..., Any]) -> Callable[..., Any]:
+    """``step`` runs eagerly even inside ``torch.compile``: a graph break, as torch's own optimizers
+    make for code Dynamo cannot trace.  Inductor cannot compile the net's weights as graph inputs
+    ("weight must be a graph constant"), and the step's host-side decisions (skip on NaN, chunking,
+    threads) are not graph material anyway.  On CUDA the chunk itself is still compiled
+    (``compile="auto"``), by the optimizer, outside the caller's graph.
+
+    ``torch.compiler.disable`` is applied only while compiling: wrapping at import time would
+    import Dynamo with the optimizer (about 2 s, more than ``import torch`` itself), a cost a
+    plain training loop should not pay.  Outside compilation the step is called directly."""
+
+    @functools.wraps(step)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        if torch.compiler.is_compiling():
+            return torch.compiler.disable(step, recursive=True)(*args, **kwargs)
+        return step(*args, **kwargs)
+
+    return run
+
+
 # ---------------------------------------------------------------- torch.compile
 class _CompiledRunner:
     """``torch.compile``d kernel function over a whole workspace; eager forever after one failure."""
@@ -335,7 +483,7 @@ class _CompiledRunner:
             stacklevel=4,
         )
 
-    def __call__(self, kernel: ChunkKernel, work: _Workspace, g: Tensor, state: Tensor, where: list) -> Tensor:
+    def __call__(self, kernel: ChunkKernel, work: _Workspace, g: Tensor, state: Tensor, where: Rows) -> Tensor:
         """Run on the whole workspace (``g`` is ``work.grad[:c]``; rows past ``c`` are stale and ignored)."""
         c = g.shape[0]
         functional = kernel.functional()

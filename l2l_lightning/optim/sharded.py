@@ -1,7 +1,7 @@
 """Sharded parameters (FSDP2 ``fully_shard``, ``ModelParallelStrategy``): stepping shards, DCP state.
 
 Under FSDP2 every parameter the optimizer sees is a ``DTensor``: each rank holds a shard
-(``p._local_tensor``) and gets the shard of the reduced gradient.  The learned optimizer is
+(``p.to_local()``) and gets the shard of the reduced gradient.  The learned optimizer is
 coordinatewise, so each rank steps its local shard with the LSTM states of its local
 coordinates; nothing needs communicating, and the result equals the single-process step
 coordinate for coordinate.  What this module provides to :class:`~l2l_lightning.LearnedOptimizer`:
@@ -52,7 +52,7 @@ def is_sharded(tensor: Any) -> bool:
 
 def local(tensor: Tensor) -> Tensor:
     """The rank's local shard of a DTensor (the same storage), else the tensor itself."""
-    return tensor._local_tensor if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
+    return tensor.to_local() if is_sharded(tensor) else tensor  # type: ignore[attr-defined]
 
 
 def refuse_unsupported(net: nn.Module, params: Iterable[Any]) -> None:
@@ -149,30 +149,34 @@ def coordinate_dims(net: Any, layout: Any) -> list[int]:
     Found by asking the net for the states of one coordinate more (the dimension that grows), so
     it holds for any net and for routed nets whose member nets lay their states out differently.
     """
-    from l2l_lightning.nets.base import Layout
+    from l2l_lightning.nets.layout import Layout
 
-    grown = Layout(dataclasses.replace(s, shape=(s.numel + 1,)) for s in layout)
+    grown = Layout([dataclasses.replace(s, shape=(s.numel + 1,)) for s in layout])
     dims = []
-    for a, b in zip(net.bind(layout).state_shapes(layout), net.bind(grown).state_shapes(grown)):
+    for a, b in zip(net.bind(layout).segment_state_shapes(layout), net.bind(grown).segment_state_shapes(grown)):
         changed = [d for d, (x, y) in enumerate(zip(a, b)) if x != y]
         dims.append(changed[0] if changed else 0)
     return dims
 
 
-def to_dcp(state_dict: dict[str, Any], params: list[Tensor], dims: list[int], net_key: str) -> dict[str, Any]:
-    """``state_dict`` as DCP can save it: sharded parameters' LSTM states as DTensors, and the net's
+def to_dcp(
+    state_dict: dict[str, Any], params: list[Tensor], dims: list[int], net_key: str, state_key: str
+) -> dict[str, Any]:
+    """``state_dict`` as DCP can save it: sharded parameters' net states (``state_key``) as DTensors, and the net's
     identity (``net_key``) copied into every param group, since ``get_optimizer_state_dict`` keeps only
     ``"state"`` and ``"param_groups"``.  ``params`` and ``dims`` follow the state dict's parameter order."""
     state = dict(state_dict["state"])
     for index, (p, dim) in enumerate(zip(params, dims)):
         entry = state.get(index)
-        if is_sharded(p) and isinstance(entry, dict) and isinstance(entry.get("lstm"), Tensor):
-            state[index] = {**entry, "lstm": state_to_dcp(entry["lstm"], p, dim)}
+        if is_sharded(p) and isinstance(entry, dict) and isinstance(entry.get(state_key), Tensor):
+            state[index] = {**entry, state_key: state_to_dcp(entry[state_key], p, dim)}
     groups = [{**group, net_key: state_dict[net_key]} for group in state_dict["param_groups"]]
     return {**state_dict, "state": state, "param_groups": groups}
 
 
-def from_dcp(state_dict: dict[str, Any], params: list[Tensor], dims: list[int], net_key: str) -> dict[str, Any]:
+def from_dcp(
+    state_dict: dict[str, Any], params: list[Tensor], dims: list[int], net_key: str, state_key: str
+) -> dict[str, Any]:
     """Undo :func:`to_dcp` (for a state dict that went through DCP or not): the net's identity at the
     top level again, the groups without it, sharded parameters' LSTM states local again."""
     groups = [
@@ -189,7 +193,7 @@ def from_dcp(state_dict: dict[str, Any], params: list[Tensor], dims: list[int], 
     saved_ids = [i for group in groups if isinstance(group, dict) for i in group.get("params", [])]
     for index, (saved_id, p, dim) in enumerate(zip(saved_ids, params, dims)):
         entry = state.get(saved_id)
-        if isinstance(entry, dict) and "lstm" in entry and (is_sharded(p) or is_sharded(entry["lstm"])):
-            state[saved_id] = {**entry, "lstm": state_from_dcp(entry["lstm"], p, dim, index)}
+        if isinstance(entry, dict) and state_key in entry and (is_sharded(p) or is_sharded(entry[state_key])):
+            state[saved_id] = {**entry, state_key: state_from_dcp(entry[state_key], p, dim, index)}
     out["state"] = state
     return out

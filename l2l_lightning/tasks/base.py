@@ -26,11 +26,11 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
-from torch.utils._pytree import tree_map
+from l2l_lightning.torch_compat import tree_map
 
 from l2l_lightning.data.datasets import Split
 from l2l_lightning.errors import ConfigError
-from l2l_lightning.nets.base import Layout
+from l2l_lightning.nets.layout import Layout
 
 
 

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2l_lightning.data import LabeledImages, load_images
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.tasks.base import ModuleProblem, Split, Task
 
 
@@ -138,10 +138,7 @@ class ImageClassificationTask(Task):
         ``"test"``: the test files (final evaluation, ``l2l compare``).  From ``generator``,
         in this order: the parameters, then the seed of the minibatch order.
         """
-        if split not in get_args(Split):
-            raise ConfigError(
-                f"{type(self).__name__}.sample: split={split!r}; allowed: {', '.join(map(repr, get_args(Split)))}"
-            )
+        check_choice(f"{type(self).__name__}.sample: split", split, get_args(Split))
         data = load_images(
             self.dataset,
             self.root,

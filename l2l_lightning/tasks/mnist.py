@@ -6,7 +6,7 @@ from typing import Literal, Optional, Sequence
 
 from torch import nn
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import check_choice
 from l2l_lightning.tasks.classification import ImageClassificationTask, check_sizes
 
 _ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
@@ -50,10 +50,8 @@ class MNISTTask(ImageClassificationTask):
         init_std: Optional[float] = 0.01,
         download: bool = False,
     ) -> None:
-        if dataset not in ("mnist", "fashion_mnist"):
-            raise ConfigError(f"MNISTTask: dataset={dataset!r}; allowed: 'mnist', 'fashion_mnist'")
-        if activation not in _ACTIVATIONS:
-            raise ConfigError(f"MNISTTask: activation={activation!r}; allowed: {', '.join(map(repr, _ACTIVATIONS))}")
+        check_choice("MNISTTask: dataset", dataset, ("mnist", "fashion_mnist"))
+        check_choice("MNISTTask: activation", activation, _ACTIVATIONS)
         self.dataset = dataset
         self.root = str(root)
         self.val_size = val_size

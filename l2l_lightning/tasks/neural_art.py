@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.data.images import center_crop, load_image_splits, random_crops, read_image
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.tasks.base import Problem, Split, Task
 from l2l_lightning.tasks.features import FEATURE_NETS, FeatureNet, default_layers, feature_net
 
@@ -145,10 +145,8 @@ class NeuralArtTask(Task):
             check_positive_int(f"{owner}: {name}", value)
         if not isinstance(val_images, int) or val_images < 0:
             raise ConfigError(f"{owner}: val_images={val_images!r} must be an integer >= 0")
-        if init not in get_args(Init):
-            raise ConfigError(f"{owner}: init={init!r}; allowed: 'noise', 'content'")
-        if feature_net not in FEATURE_NETS:
-            raise ConfigError(f"{owner}: feature_net={feature_net!r}; allowed: {', '.join(map(repr, FEATURE_NETS))}")
+        check_choice(f"{owner}: init", init, get_args(Init))
+        check_choice(f"{owner}: feature_net", feature_net, FEATURE_NETS)
         if feature_net == "vgg19" and vgg_weights is None and not download:
             raise ConfigError(
                 f"{owner}: feature_net='vgg19' needs vgg_weights=<path of torchvision's vgg19 weights> "
@@ -193,8 +191,7 @@ class NeuralArtTask(Task):
         self, generator: torch.Generator, device: Union[torch.device, str] = "cpu", split: Split = "train"
     ) -> NeuralArtProblem:
         """``images_per_draw`` crops of ``split``'s content images, then θ₀, all from ``generator``."""
-        if split not in get_args(Split):
-            raise ConfigError(f"NeuralArtTask.sample: split={split!r}; allowed: {', '.join(map(repr, get_args(Split)))}")
+        check_choice("NeuralArtTask.sample: split", split, get_args(Split))
         images = getattr(self._splits(), split)
         if not images:
             raise ConfigError(f"NeuralArtTask: the {split} split is empty; set val_images/test_images >= 1")

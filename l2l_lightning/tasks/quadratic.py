@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.tasks.base import Problem, Split, Task
 
 
@@ -47,8 +47,7 @@ class QuadraticTask(Task):
     ) -> None:
         for name, value in (("dim", dim), ("num_problems", num_problems)):
             check_positive_int(f"QuadraticTask: {name}", value)
-        if distribution not in ("normal", "uniform"):
-            raise ConfigError(f"QuadraticTask: distribution={distribution!r}; allowed values: 'normal', 'uniform'")
+        check_choice("QuadraticTask: distribution", distribution, ("normal", "uniform"))
         if not init_std >= 0:
             raise ConfigError(f"QuadraticTask: init_std={init_std!r} must be >= 0")
         self.dim = dim

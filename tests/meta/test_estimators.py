@@ -7,7 +7,7 @@ import torch
 from torch.nn.utils import parameters_to_vector
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, QuadraticTask
-from l2l_lightning.meta.estimators import PES, Truncation, TruncatedBPTT
+from l2l_lightning.meta.estimators import PES, OuterEstimator, Truncation, TruncatedBPTT
 from l2l_lightning.meta.unroll import bind, unroll
 from tests.conftest import fit_tiny, tiny_learner, tiny_trainer
 
@@ -79,8 +79,25 @@ def test_pes_settings_that_cannot_work_are_config_errors(kwargs, match):
 
 
 def test_second_derivatives_with_pes_is_a_config_error():
-    with pytest.raises(ConfigError, match="second_derivatives=true only applies to TruncatedBPTT"):
+    with pytest.raises(ConfigError, match="second_derivatives=true only applies to an estimator that differentiates through the unroll"):
         tiny_learner(estimator=PES(num_particles=2), second_derivatives=True)
+
+
+def test_what_an_estimator_may_be_given_follows_what_it_declares_not_its_class():
+    class MyBPTT(OuterEstimator):  # a new estimator, not a TruncatedBPTT subclass
+        differentiates_through_unroll = True
+
+        def truncation(self, run: Truncation):
+            return TruncatedBPTT().truncation(run)
+
+    class Blind(MyBPTT):
+        differentiates_through_unroll = False
+
+    assert tiny_learner(estimator=MyBPTT(), second_derivatives=True, imitation={"teacher": "adam", "lr": 0.01}).second_derivatives
+    with pytest.raises(ConfigError, match="Blind never does"):
+        tiny_learner(estimator=Blind(), second_derivatives=True)
+    with pytest.raises(ConfigError, match="imitation needs an estimator that differentiates"):
+        tiny_learner(estimator=Blind(), imitation={"teacher": "adam", "lr": 0.01})
 
 
 def test_pes_meta_trains_and_changes_the_weights(tmp_path):
@@ -152,8 +169,8 @@ def test_a_scaled_problem_is_the_same_problem_in_rescaled_coordinates():
 
 def test_random_scaling_rescales_training_problems_only(tmp_path):
     learner = tiny_learner(random_scaling=2.0)
-    learner._generator = torch.Generator().manual_seed(0)
-    problem = learner._draw_training_problem()
+    learner.stream.generator = torch.Generator().manual_seed(0)
+    problem = learner.stream.draw(learner.device)
     assert type(problem).__name__ == "ScaledProblem"
     assert problem.scale.min() >= torch.exp(torch.tensor(-2.0)) and problem.scale.max() <= torch.exp(torch.tensor(2.0))
     assert problem.scale.std() > 0.3  # really random per coordinate
@@ -166,15 +183,15 @@ def test_random_scaling_rescales_training_problems_only(tmp_path):
 def test_the_horizon_curriculum_lengthens_when_validation_stops_improving():
     learner = tiny_learner(num_steps=8, unroll=2, horizon_curriculum=[2, 4])
     assert learner.horizon == 2
-    learner._advance_curriculum(5.0)  # first validation of the stage: its best so far
-    learner._advance_curriculum(4.0)  # improved: stay
+    learner.stream.advance_curriculum(5.0)  # first validation of the stage: its best so far
+    learner.stream.advance_curriculum(4.0)  # improved: stay
     assert learner.horizon == 2
-    learner._advance_curriculum(4.5)  # no improvement: next stage
+    learner.stream.advance_curriculum(4.5)  # no improvement: next stage
     assert learner.horizon == 4
-    learner._advance_curriculum(3.0)
-    learner._advance_curriculum(3.0)
+    learner.stream.advance_curriculum(3.0)
+    learner.stream.advance_curriculum(3.0)
     assert learner.horizon == 8  # then num_steps, for good
-    learner._advance_curriculum(9.0)
+    learner.stream.advance_curriculum(9.0)
     assert learner.horizon == 8
 
 
@@ -190,4 +207,4 @@ def test_a_curriculum_run_draws_problems_of_the_current_horizon(tmp_path):
     torch.manual_seed(0)
     learner = tiny_learner(num_steps=8, unroll=2, horizon_curriculum=[2])
     tiny_trainer(tmp_path, max_steps=3).fit(learner)
-    assert learner._carry.step == 2  # each problem lived 2 inner steps (one truncation) at stage 0
+    assert learner.stream.carry.step == 2  # each problem lived 2 inner steps (one truncation) at stage 0

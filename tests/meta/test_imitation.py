@@ -86,7 +86,7 @@ def test_settings_that_cannot_work_are_config_errors(kwargs, match):
 
 
 def test_imitation_with_pes_is_a_config_error():
-    with pytest.raises(ConfigError, match="imitation needs the TruncatedBPTT estimator"):
+    with pytest.raises(ConfigError, match="imitation needs an estimator that differentiates through the updates"):
         tiny_learner(estimator=PES(num_particles=2), imitation=Imitation(teacher="adam", lr=0.1))
 
 

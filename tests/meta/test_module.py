@@ -21,7 +21,7 @@ def test_one_training_step_is_one_truncation_and_the_horizon_resets(tmp_path):
 
     def spy(batch, batch_idx):
         out = original(batch, batch_idx)
-        seen.append((id(learner._carry.problem), learner._carry.step))
+        seen.append((id(learner.stream.carry.problem), learner.stream.carry.step))
         return out
 
     learner.training_step = spy
@@ -186,7 +186,7 @@ def test_meta_training_resumes_bit_exactly_at_any_truncation_boundary(tmp_path, 
     resumed = fit(6, ckpt_path=tmp_path / "part.ckpt")
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(a, b), name
-    assert torch.equal(straight._carry.theta, resumed._carry.theta)
+    assert torch.equal(straight.stream.carry.theta, resumed.stream.carry.theta)
 
 
 def test_resuming_with_another_task_warns_and_starts_a_fresh_problem(tmp_path):
@@ -197,7 +197,7 @@ def test_resuming_with_another_task_warns_and_starts_a_fresh_problem(tmp_path):
     other = tiny_learner(task=QuadraticTask(dim=5, num_problems=4))
     with pytest.warns(UserWarning, match="cannot be drawn again with this task.*not exact"):
         tiny_trainer(tmp_path, max_steps=2, enable_checkpointing=False).fit(other, ckpt_path=tmp_path / "part.ckpt")
-    assert other._carry.theta.shape == other.task.sample(torch.Generator().manual_seed(0)).initial_params().shape
+    assert other.stream.carry.theta.shape == other.task.sample(torch.Generator().manual_seed(0)).initial_params().shape
 
 
 @pytest.mark.parametrize("max_steps", [6, 5])  # 5: stops between two validations

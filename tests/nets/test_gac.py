@@ -8,7 +8,7 @@ from torch import nn
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM, GlobalAveragingLSTM, LearnedOptimizer
 from l2l_lightning.nets import Layout, Segment
-from l2l_lightning.optim.runtime import StepOptions
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
 
 
 def _net(**kwargs) -> GlobalAveragingLSTM:
@@ -81,7 +81,7 @@ def test_the_chunked_deployment_step_computes_the_functional_step(average_over, 
     expected, expected_state = _run_functional(net, layout, grads)
     states = [net.init_state(size) for size in layout.sizes]
     for grad, update in zip(grads, expected):
-        got = net.step_inplace(grad, states, layout, options=StepOptions(chunk_size=chunk_size, threads=1))
+        got = step_inplace(net, grad, states, layout, options=StepOptions(chunk_size=chunk_size, threads=1))
         torch.testing.assert_close(got, update, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(torch.cat(states, dim=2), expected_state, rtol=1e-5, atol=1e-6)
 

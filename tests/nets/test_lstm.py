@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from l2l_lightning import ConfigError, CoordinatewiseLSTM
-from l2l_lightning.optim.runtime import StepOptions
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
 
 
 @pytest.mark.parametrize("n", [0, 1, 7, 1000])
@@ -126,7 +126,7 @@ def test_step_inplace_computes_forward(preprocess, n):
             expected_update, expected_state = net(grad, state)
         for chunk_size in (1, 7, 64, 1000) if n <= 200 else (64, 1000, 4096):
             new_state = state.clone()
-            update = net.step_inplace(grad, new_state, options=StepOptions(chunk_size=chunk_size))
+            update = step_inplace(net, grad, new_state, options=StepOptions(chunk_size=chunk_size))
             _assert_same_function(update, expected_update)
             _assert_same_function(new_state, expected_state)
         state = new_state
@@ -144,7 +144,7 @@ def test_step_inplace_over_one_state_per_parameter(sizes, state_dtype):
     with torch.no_grad():
         expected_update, expected_state = net(grad, full)
     states = [s.clone() for s in full.split(sizes, dim=2)]
-    update = net.step_inplace(grad, states, options=StepOptions(chunk_size=32))
+    update = step_inplace(net, grad, states, options=StepOptions(chunk_size=32))
     _assert_same_function(update, expected_update)
     new_state = torch.cat(states, dim=2)
     assert new_state.dtype == state_dtype
@@ -161,7 +161,7 @@ def test_step_inplace_follows_the_grad_dtype(dtype):
     state = net.init_state(300)
     with torch.no_grad():
         expected_update, expected_state = net(grad, state)
-    update = net.step_inplace(grad, state, options=StepOptions(chunk_size=64))
+    update = step_inplace(net, grad, state, options=StepOptions(chunk_size=64))
     assert update.dtype == dtype and state.dtype == torch.float32
     _assert_same_function(update.double(), expected_update.double(), rtol=1e-12 if dtype == torch.float64 else 1e-2)
     _assert_same_function(state, expected_state)
@@ -173,11 +173,11 @@ def test_step_inplace_keep_flag_and_out_buffer():
     state = torch.randn(net.state_shape(50))
     before = state.clone()
     out = torch.empty(50)
-    assert net.step_inplace(grad, state, out=out, options=StepOptions(chunk_size=16), keep=torch.tensor(False)) is out
+    assert step_inplace(net, grad, state, out=out, options=StepOptions(chunk_size=16), keep=torch.tensor(False)) is out
     assert torch.equal(state, before)  # decided on the device: nothing written
-    net.step_inplace(grad, state, out=out, options=StepOptions(chunk_size=16), keep=torch.tensor(True))
+    step_inplace(net, grad, state, out=out, options=StepOptions(chunk_size=16), keep=torch.tensor(True))
     reference = before.clone()
-    torch.testing.assert_close(out, net.step_inplace(grad, reference, options=StepOptions(chunk_size=16)), rtol=0, atol=0)
+    torch.testing.assert_close(out, step_inplace(net, grad, reference, options=StepOptions(chunk_size=16)), rtol=0, atol=0)
     torch.testing.assert_close(state, reference, rtol=0, atol=0)
 
 
@@ -187,7 +187,7 @@ def test_step_inplace_resets_the_state_of_coordinates_whose_update_is_not_finite
         net.output.weight.fill_(1e38)
         net.output.bias.fill_(3.4e38)  # overflows exactly where Σh > 0
     state = torch.randn(net.state_shape(40))
-    update = net.step_inplace(_grads(40, seed=0), state, options=StepOptions(chunk_size=16))
+    update = step_inplace(net, _grads(40, seed=0), state, options=StepOptions(chunk_size=16))
     bad = ~torch.isfinite(update)
     assert 0 < bad.sum() < 40
     assert not state[:, :, bad].any() and state[:, :, ~bad].abs().sum(dim=(0, 1, 3)).gt(0).all()
@@ -197,16 +197,16 @@ def test_step_inplace_resets_the_state_of_coordinates_whose_update_is_not_finite
 def test_a_chunk_size_that_is_not_a_positive_integer_is_a_config_error(chunk_size):
     net = CoordinatewiseLSTM()
     with pytest.raises(ConfigError, match="chunk_size"):
-        net.step_inplace(torch.ones(3), net.init_state(3), options=StepOptions(chunk_size=chunk_size))
+        step_inplace(net, torch.ones(3), net.init_state(3), options=StepOptions(chunk_size=chunk_size))
 
 
 def test_step_inplace_bad_inputs():
     net = CoordinatewiseLSTM()
     with pytest.raises(ValueError, match=r"shape \(2, 2, 5, 20\), expected \(2, 2, 4, 20\)"):
-        net.step_inplace(torch.ones(4), net.init_state(5))
+        step_inplace(net, torch.ones(4), net.init_state(5))
     with pytest.raises(ValueError, match="expected"):
-        net.step_inplace(torch.ones(4), torch.zeros(2, 2, 4, 3))
-    assert net.step_inplace(torch.ones(0), [net.init_state(0)]).shape == (0,)
+        step_inplace(net, torch.ones(4), torch.zeros(2, 2, 4, 3))
+    assert step_inplace(net, torch.ones(0), [net.init_state(0)]).shape == (0,)
 
 
 def test_forward_split_is_forward_without_the_stacked_state():
@@ -247,11 +247,11 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     net = CoordinatewiseLSTM()
     grad = _grads(100, seed=0)
     reference_state = net.init_state(100)
-    reference = net.step_inplace(grad, reference_state, options=StepOptions(chunk_size=32))
+    reference = step_inplace(net, grad, reference_state, options=StepOptions(chunk_size=32))
     state = net.init_state(100)
     with pytest.warns(RuntimeWarning, match="falling back to eager") as record:
-        update = net.step_inplace(grad, state, options=StepOptions(chunk_size=32, compile=True))
-        net.step_inplace(grad, net.init_state(100), options=StepOptions(chunk_size=32, compile=True))
+        update = step_inplace(net, grad, state, options=StepOptions(chunk_size=32, compile=True))
+        step_inplace(net, grad, net.init_state(100), options=StepOptions(chunk_size=32, compile=True))
     assert len(record) == 1
     assert torch.equal(update, reference) and torch.equal(state, reference_state)
 
@@ -264,10 +264,10 @@ def test_compiled_step_computes_the_eager_step():
     net = CoordinatewiseLSTM(preprocess="log_sign")
     grad = _grads(100, seed=0)
     eager_state, compiled_state = net.init_state(100), net.init_state(100)
-    eager = net.step_inplace(grad, eager_state, options=StepOptions(chunk_size=64))
+    eager = step_inplace(net, grad, eager_state, options=StepOptions(chunk_size=64))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # a fallback would hide a broken compiled path
-        compiled = net.step_inplace(grad, compiled_state, options=StepOptions(chunk_size=64, compile=True))
+        compiled = step_inplace(net, grad, compiled_state, options=StepOptions(chunk_size=64, compile=True))
     _assert_same_function(compiled, eager)
     _assert_same_function(compiled_state, eager_state)
 
@@ -279,10 +279,10 @@ def test_step_inplace_shares_chunks_over_threads_with_the_same_result():
     grad = _grads(sum(sizes), seed=0)
     start = torch.randn(net.state_shape(sum(sizes)))
     one_states = [s.clone() for s in start.split(sizes, dim=2)]
-    one = net.step_inplace(grad, one_states, options=StepOptions(chunk_size=128))
+    one = step_inplace(net, grad, one_states, options=StepOptions(chunk_size=128))
     torch.set_num_threads(3)  # restored by the autouse fixture
     many_states = [s.clone() for s in start.split(sizes, dim=2)]
-    many = net.step_inplace(grad, many_states, options=StepOptions(chunk_size=128))
+    many = step_inplace(net, grad, many_states, options=StepOptions(chunk_size=128))
     assert torch.get_num_threads() == 3
     assert torch.equal(one, many) and all(torch.equal(a, b) for a, b in zip(one_states, many_states))
 

@@ -54,7 +54,7 @@ def main(out_dir: Path, kind: str = "lstm") -> None:
             "optimizer": type(optimizer).__name__,
             "initial": initial,
             "params": [p.detach().clone() for p in model.parameters()],
-            "lstm": [optimizer.state[p]["lstm"].clone() for p in model.parameters()],
+            "lstm": [optimizer.state[p]["net_state"].clone() for p in model.parameters()],
             "step": [optimizer.state[p]["step"] for p in model.parameters()],
             "global_step": trainer.global_step,
         },

@@ -60,7 +60,7 @@ def full_states(model: nn.Module, optimizer: LearnedOptimizer) -> dict[str, torc
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
     state = get_optimizer_state_dict(model, optimizer)["state"]
-    return {name: entry["lstm"].full_tensor().cpu() for name, entry in state.items()}
+    return {name: entry["net_state"].full_tensor().cpu() for name, entry in state.items()}
 
 
 def worker(rank: int, world: int, out_dir: str, port: str, device: str = "cpu") -> None:

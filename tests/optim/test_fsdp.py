@@ -52,7 +52,7 @@ def test_fsdp2_steps_like_one_process_and_resumes_exactly(tmp_path):
         assert not torch.equal(p, start)  # the steps did something
         torch.testing.assert_close(got, p.detach(), rtol=1e-5, atol=1e-6, msg=name)
         # the DCP form of the state: coordinates first, in the parameter's shape, gathered over ranks
-        lstm = optimizer.state[p]["lstm"]
+        lstm = optimizer.state[p]["net_state"]
         torch.testing.assert_close(out["straight_states"][name], lstm.movedim(2, 0).reshape(out["straight_states"][name].shape),
                                    rtol=1e-4, atol=1e-6, msg=name)  # fmt: skip
     assert out["steps"] == [worker.STEPS] * 4
@@ -77,7 +77,7 @@ def test_state_dict_survives_what_dcp_keeps(small_net):
     clone.load_state_dict(kept)
     assert "l2l_net" not in clone.param_groups[0]  # not a setting of the group
     for p in model.parameters():
-        assert torch.equal(clone.state[p]["lstm"], optimizer.state[p]["lstm"])
+        assert torch.equal(clone.state[p]["net_state"], optimizer.state[p]["net_state"])
 
 
 def test_nothing_is_sharded_without_dtensors():

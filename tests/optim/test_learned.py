@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from l2l_lightning import CheckpointError, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, UnsupportedGradientError
-from l2l_lightning.optim import SkippedStepWarning
+from l2l_lightning.optim import SkippedStepWarning, learned
 
 
 def make_params(*shapes, seed=0, dtype=torch.float32):
@@ -52,14 +52,14 @@ def test_step_applies_the_nets_update_and_keeps_per_parameter_state(small_net):
     opt = LearnedOptimizer([p], checkpoint=small_net)
     for step in range(1, 4):
         set_grads([p], seed=step)
-        state = opt.state[p]["lstm"] if opt.state[p] else small_net.init_state(12)
+        state = opt.state[p]["net_state"] if opt.state[p] else small_net.init_state(12)
         with torch.no_grad():
             expected_update, expected_state = small_net(p.grad.reshape(-1), state)
         before = p.detach().clone()
         opt.step()
         assert torch.equal(p.detach(), before + expected_update.view(3, 4))
-        assert torch.equal(opt.state[p]["lstm"], expected_state)
-        assert opt.state[p]["lstm"].shape == (2, 2, 12, 8)
+        assert torch.equal(opt.state[p]["net_state"], expected_state)
+        assert opt.state[p]["net_state"].shape == (2, 2, 12, 8)
         assert opt.state[p]["step"] == step
     assert not torch.equal(p.detach(), make_params((3, 4))[0])
 
@@ -79,7 +79,7 @@ def test_one_flat_pass_equals_stepping_each_parameter_alone(small_net):
     for a, b in zip(together, alone):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
         (alone_opt,) = [o for o in solo if b in o.state]
-        torch.testing.assert_close(opt.state[a]["lstm"], alone_opt.state[b]["lstm"], rtol=0, atol=1e-6)
+        torch.testing.assert_close(opt.state[a]["net_state"], alone_opt.state[b]["net_state"], rtol=0, atol=1e-6)
 
 
 def test_lr_multiplies_the_update_and_schedulers_change_it(small_net):
@@ -112,11 +112,11 @@ def test_parameters_without_gradient_are_skipped_and_keep_their_state(small_net)
     opt = LearnedOptimizer([a, b], checkpoint=small_net)
     set_grads([a, b])
     opt.step()
-    b_state, b_value = opt.state[b]["lstm"].clone(), b.detach().clone()
+    b_state, b_value = opt.state[b]["net_state"].clone(), b.detach().clone()
     a.grad, b.grad = torch.ones(4), None
     opt.step()
     assert opt.state[a]["step"] == 2 and opt.state[b]["step"] == 1
-    assert torch.equal(opt.state[b]["lstm"], b_state) and torch.equal(b.detach(), b_value)
+    assert torch.equal(opt.state[b]["net_state"], b_state) and torch.equal(b.detach(), b_value)
     (c,) = make_params((3,))
     fresh = LearnedOptimizer([c], checkpoint=small_net)
     fresh.step()
@@ -152,8 +152,8 @@ def test_add_param_group_and_per_group_settings(small_net):
     assert opt.param_groups[0]["state_dtype"] == "float32"
     set_grads([a, b])
     opt.step()
-    assert opt.state[a]["lstm"].dtype == torch.float32
-    assert opt.state[b]["lstm"].dtype == torch.bfloat16
+    assert opt.state[a]["net_state"].dtype == torch.float32
+    assert opt.state[b]["net_state"].dtype == torch.bfloat16
     with pytest.raises(ValueError, match="some parameters appear in more than one parameter group"):
         opt.add_param_group({"params": [a]})
     with pytest.raises(ConfigError, match="state_dtype"):
@@ -171,7 +171,7 @@ def test_bfloat16_state_halves_memory_and_tracks_float32(small_net):
         set_grads(p16, seed=step)
         opt32.step()
         opt16.step()
-    s32, s16 = opt32.state[p32[0]]["lstm"], opt16.state[p16[0]]["lstm"]
+    s32, s16 = opt32.state[p32[0]]["net_state"], opt16.state[p16[0]]["net_state"]
     assert s16.dtype == torch.bfloat16 and s16.nbytes * 2 == s32.nbytes
     torch.testing.assert_close(s16.float(), s32, rtol=0.05, atol=0.02)
     torch.testing.assert_close(p16[0], p32[0], rtol=0, atol=1e-3)
@@ -181,10 +181,10 @@ def test_changing_a_groups_state_dtype_converts_its_states_at_the_next_step(smal
     (p,) = make_params((6,))
     opt = LearnedOptimizer([p], checkpoint=small_net)
     train(opt, [p], 1, seed=0)
-    assert opt.state[p]["lstm"].dtype == torch.float32
+    assert opt.state[p]["net_state"].dtype == torch.float32
     opt.param_groups[0]["state_dtype"] = "bfloat16"
     train(opt, [p], 1, seed=1)
-    assert opt.state[p]["lstm"].dtype == torch.bfloat16
+    assert opt.state[p]["net_state"].dtype == torch.bfloat16
 
 
 def test_float64_and_bfloat16_parameters(small_net):
@@ -195,7 +195,7 @@ def test_float64_and_bfloat16_parameters(small_net):
         set_grads([p64, p16], seed=step)
         opt.step()
     assert p64.dtype == torch.float64 and p16.dtype == torch.bfloat16
-    assert opt.state[p64]["lstm"].dtype == torch.float32  # the state dtype is the setting, not the param's
+    assert opt.state[p64]["net_state"].dtype == torch.float32  # the state dtype is the setting, not the param's
     # one net copy per (device, dtype): float64 for the float64 param, the float32 net for bf16
     assert sorted(str(dtype) for _, dtype in opt._nets) == ["torch.float32", "torch.float64"]
     cached = dict(opt._nets)
@@ -257,7 +257,7 @@ def test_non_finite_update_from_finite_gradients_is_skipped_too(small_net):
     # no parameter moves; the states were advanced in place, and every coordinate's update
     # was non-finite, so every state is back at zero (a fresh start), and the pass is counted
     assert torch.equal(p.detach(), before)
-    assert not opt.state[p]["lstm"].any() and opt.state[p]["step"] == 1
+    assert not opt.state[p]["net_state"].any() and opt.state[p]["step"] == 1
 
 
 def test_a_diverging_net_resets_exactly_the_states_of_its_non_finite_coordinates(small_net):
@@ -265,7 +265,7 @@ def test_a_diverging_net_resets_exactly_the_states_of_its_non_finite_coordinates
     a, b = make_params((300,), (7, 11))
     opt = LearnedOptimizer([a, b], checkpoint=small_net, chunk_size=64)
     train(opt, [a, b], 2, seed=0)
-    states = torch.cat([opt.state[q]["lstm"] for q in (a, b)], dim=2)
+    states = torch.cat([opt.state[q]["net_state"] for q in (a, b)], dim=2)
     set_grads([a, b], seed=5)
     grad = torch.cat([a.grad.reshape(-1), b.grad.reshape(-1)])
     with torch.no_grad():
@@ -283,7 +283,7 @@ def test_a_diverging_net_resets_exactly_the_states_of_its_non_finite_coordinates
     with pytest.warns(SkippedStepWarning, match="reset to zeros"):
         opt.step()
     assert torch.equal(a, before[0]) and torch.equal(b, before[1])
-    new_state = torch.cat([opt.state[q]["lstm"] for q in (a, b)], dim=2)
+    new_state = torch.cat([opt.state[q]["net_state"] for q in (a, b)], dim=2)
     assert not new_state[:, :, bad].any()
     torch.testing.assert_close(new_state[:, :, ~bad], expected_state[:, :, ~bad], rtol=1e-5, atol=1e-6)
     assert opt.state[a]["step"] == opt.state[b]["step"] == 3
@@ -296,7 +296,7 @@ def test_nothing_is_written_to_a_parameter_before_every_update_is_computed(small
     opt.step()
     params_before, states_before = snapshot(opt, [a, b])
     calls = []
-    real = CoordinatewiseLSTM.step_inplace
+    real = learned.step_inplace
 
     def failing_second_pass(net, grad, states, *args, **kwargs):
         calls.append(grad.numel())
@@ -304,7 +304,7 @@ def test_nothing_is_written_to_a_parameter_before_every_update_is_computed(small
             raise RuntimeError("simulated failure in the second bucket")
         return real(net, grad, states, *args, **kwargs)
 
-    monkeypatch.setattr(CoordinatewiseLSTM, "step_inplace", failing_second_pass)
+    monkeypatch.setattr(learned, "step_inplace", failing_second_pass)
     set_grads([a, b], seed=5)
     with pytest.raises(RuntimeError, match="simulated"):
         opt.step()
@@ -312,7 +312,7 @@ def test_nothing_is_written_to_a_parameter_before_every_update_is_computed(small
     assert torch.equal(a, params_before[0]) and torch.equal(b, params_before[1])  # ... but never applied
     assert [opt.state[q]["step"] for q in (a, b)] == [1, 1]
     # the second bucket never ran: its state is untouched (the first one's advanced in place, as documented)
-    assert torch.equal(opt.state[b]["lstm"], states_before[id(b)]["lstm"])
+    assert torch.equal(opt.state[b]["net_state"], states_before[id(b)]["net_state"])
 
 
 def test_sparse_and_complex_gradients_are_refused(small_net):
@@ -363,7 +363,7 @@ def test_state_dict_round_trip_continues_bit_for_bit(small_net, state_dtype):
     train(restored, copies, 4, seed=10)
     for a, b in zip(original, copies):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)  # bit-equal here; inductor may round differently elsewhere
-        assert torch.equal(opt.state[a]["lstm"], restored.state[b]["lstm"])
+        assert torch.equal(opt.state[a]["net_state"], restored.state[b]["net_state"])
         assert opt.state[a]["step"] == restored.state[b]["step"] == 7
 
 
@@ -376,8 +376,8 @@ def test_lstm_states_keep_their_dtype_on_load(small_net):
     other = LearnedOptimizer([q], small_net)
     other.load_state_dict(saved)
     # torch's default would cast the state to the bf16 parameter's dtype and round it
-    assert other.state[q]["lstm"].dtype == torch.float32
-    assert torch.equal(other.state[q]["lstm"], opt.state[p]["lstm"])
+    assert other.state[q]["net_state"].dtype == torch.float32
+    assert torch.equal(other.state[q]["net_state"], opt.state[p]["net_state"])
 
 
 def test_state_dict_of_another_net_or_model_is_refused(small_net):
@@ -398,7 +398,7 @@ def test_state_dict_of_another_net_or_model_is_refused(small_net):
         other.load_state_dict(saved)
     with pytest.warns(UserWarning, match="strict=False"):
         other.load_state_dict(saved, strict=False)
-    assert torch.equal(other.state[q]["lstm"], opt.state[p]["lstm"])
+    assert torch.equal(other.state[q]["net_state"], opt.state[p]["net_state"])
 
     with pytest.raises(CheckpointError, match=r"parameter #0 \(5 elements\).*shape"):
         LearnedOptimizer(make_params((5,)), small_net).load_state_dict(saved)
@@ -479,7 +479,7 @@ def test_the_chunked_step_computes_the_plain_step(small_net, shapes, chunk_size)
         set_grads(params, seed=step)
         expected_params, expected_states = plain_step(small_net, params, states, lr=0.7)
         opt.step()
-        states = [opt.state[p]["lstm"] for p in params]
+        states = [opt.state[p]["net_state"] for p in params]
         for p, e in zip(params, expected_params):
             torch.testing.assert_close(p.detach(), e, rtol=1e-5, atol=1e-6)
         for s, e in zip(states, expected_states):
@@ -528,7 +528,7 @@ def test_a_step_allocates_a_small_fraction_of_the_state(small_net):
     opt = LearnedOptimizer(params, small_net, chunk_size=512)
     set_grads(params)
     opt.step()  # creates the state
-    state_bytes = sum(s["lstm"].nbytes for s in opt.state.values())
+    state_bytes = sum(s["net_state"].nbytes for s in opt.state.values())
     set_grads(params, seed=1)
     extra = common.peak_extra_bytes(opt.step)
     assert 0 < extra < 0.25 * state_bytes, (extra, state_bytes)  # the bound asked for; ~12% here (hidden 8)
@@ -551,7 +551,7 @@ def test_the_sync_free_step_equals_the_checked_step(small_net):
         free.step()
     for p, q in zip(a, b):
         assert torch.equal(p, q)
-        assert torch.equal(checked.state[p]["lstm"], free.state[q]["lstm"])
+        assert torch.equal(checked.state[p]["net_state"], free.state[q]["net_state"])
         step = free.state[q]["step"]
         assert torch.is_tensor(step) and step.dtype == torch.int64 and int(step) == checked.state[p]["step"] == 3
 
@@ -579,7 +579,7 @@ def test_the_sync_free_step_skips_on_the_device_and_warns_at_the_next_call(small
     set_grads(params, seed=4)
     opt.step()
     assert all(torch.equal(p, q) for p, q in zip(params, before))
-    assert all(not opt.state[p]["lstm"].any() for p in params)
+    assert all(not opt.state[p]["net_state"].any() for p in params)
     with pytest.warns(SkippedStepWarning, match="non-finite update"):
         opt.state_dict()  # reports what is pending (a sync point anyway)
 
@@ -662,8 +662,8 @@ def test_a_net_with_a_nonzero_initial_state_starts_each_parameter_from_it(small_
     from tests.conftest import MinimalNet
 
     class OnesNet(MinimalNet):
-        def init_states(self, layout, device=None, dtype=None):
-            return [torch.ones(shape, device=device, dtype=dtype) for shape in self.state_shapes(layout)]
+        def init_segment_states(self, layout, device=None, dtype=None):
+            return [torch.ones(shape, device=device, dtype=dtype) for shape in self.segment_state_shapes(layout)]
 
     net = OnesNet(small_net)
     a, b = make_params((3,), (4,))

@@ -70,8 +70,8 @@ def test_stop_and_resume_follows_the_same_trajectory_bit_for_bit(example, small_
         assert torch.equal(a, b), name
         sa, sb = whole_opt.state[a], resumed_opt.state[b]
         assert sa["step"] == sb["step"] == 32
-        assert sb["lstm"].dtype == getattr(torch, state_dtype)
-        assert torch.equal(sa["lstm"], sb["lstm"]), name
+        assert sb["net_state"].dtype == getattr(torch, state_dtype)
+        assert torch.equal(sa["net_state"], sb["net_state"]), name
 
 
 def test_resuming_with_another_net_is_refused(example, small_net, tmp_path):
@@ -244,7 +244,7 @@ def test_16_mixed_grad_scaler_skips_inf_steps_without_advancing_state(example, s
                 (
                     trainer.precision_plugin.scaler.get_scale(),
                     [p.detach().clone() for p in pl_module.parameters()],
-                    [s["lstm"].clone() for s in optimizer.state.values()],
+                    [s["net_state"].clone() for s in optimizer.state.values()],
                     [s["step"] for s in optimizer.state.values()],
                 )
             )

@@ -68,7 +68,7 @@ def test_each_parameter_is_stepped_by_its_routes_net_alone():
     for p, q in zip(conv + fc, ref_conv + ref_fc):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     assert optimizer.param_groups[0]["param_routes"] == ["conv"] * 4 + ["fc"] * 6
-    assert [optimizer.state[p]["lstm"].shape[-1] for p in (conv[0], fc[0])] == [6, 4]  # each net's hidden size
+    assert [optimizer.state[p]["net_state"].shape[-1] for p in (conv[0], fc[0])] == [6, 4]  # each net's hidden size
 
 
 def test_name_patterns_route_named_parameters_without_the_module():
@@ -140,7 +140,7 @@ def test_state_dict_round_trip_and_refusal_of_a_different_routing():
     resumed = LearnedOptimizer(model.parameters(), checkpoint=nets, module=model)
     resumed.load_state_dict(saved)
     for p in model.parameters():
-        torch.testing.assert_close(resumed.state[p]["lstm"], optimizer.state[p]["lstm"], rtol=0, atol=0)
+        torch.testing.assert_close(resumed.state[p]["net_state"], optimizer.state[p]["net_state"], rtol=0, atol=0)
 
     swapped = {"conv": ["type:_ConvNd", "type:BatchNorm2d", "head.1.*"], "fc": ["type:Linear", "type:BatchNorm1d"]}
     other = LearnedOptimizer(model.parameters(), checkpoint=RoutedNets(nets.nets, swapped), module=model)
@@ -172,7 +172,7 @@ def test_the_callback_routes_a_lightning_modules_parameters(tmp_path):
         trainer.fit(model)
     (optimizer,) = trainer.optimizers
     assert optimizer.param_groups[0]["param_routes"] == ["fc", "fc", "conv", "conv"]  # layer.*, then conv.*
-    assert optimizer.state[model.conv.weight]["lstm"].shape[-1] == 6 and optimizer.state[model.layer.weight]["step"] == 2
+    assert optimizer.state[model.conv.weight]["net_state"].shape[-1] == 6 and optimizer.state[model.layer.weight]["step"] == 2
 
 
 def test_lightning_cli_routes_through_the_callback_and_explains_why_optimizer_cannot(tmp_path, monkeypatch):

@@ -24,7 +24,7 @@ CHECKS = """
 import torch
 from torch import nn
 from l2l_lightning import CoordinatewiseLSTM, LearnedOptimizer
-from l2l_lightning.optim.runtime import StepOptions
+from l2l_lightning.optim.runtime import StepOptions, step_inplace
 
 def rel(a, b):
     return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
@@ -39,20 +39,20 @@ for preprocess in ("none", "log_sign", "clamped"):
     for dtype, bound in ((torch.float32, 1e-5), (torch.bfloat16, 2e-2)):
         start = [(torch.randn(net.state_shape(s)) * 0.5).to(dtype) for s in sizes]
         fused_states, eager_states = [s.clone() for s in start], [s.clone() for s in start]
-        fused = net.step_inplace(g, fused_states, options=StepOptions(fused=True))
-        eager = net.step_inplace(g, eager_states, options=StepOptions(fused=False))
+        fused = step_inplace(net, g, fused_states, options=StepOptions(fused=True))
+        eager = step_inplace(net, g, eager_states, options=StepOptions(fused=False))
         assert rel(fused, eager) < 1e-5, (preprocess, dtype, rel(fused, eager))
         for a, b in zip(fused_states, eager_states):
             assert rel(a, b) < bound, (preprocess, dtype, rel(a, b))
         kept = [s.clone() for s in start]
-        net.step_inplace(g, kept, keep=torch.tensor(False), options=StepOptions(fused=True))
+        step_inplace(net, g, kept, keep=torch.tensor(False), options=StepOptions(fused=True))
         assert all(torch.equal(a, b) for a, b in zip(kept, start)), "keep=False changed a state"
 
 # a coordinate whose update is not finite gets a zero state, as in the eager step
 net = CoordinatewiseLSTM(preprocess="log_sign")
 state = torch.randn(net.state_shape(70)) * 0.5
 state[:, :, 7] = float("nan")
-update = net.step_inplace(torch.randn(70), [state], options=StepOptions(fused=True))
+update = step_inplace(net, torch.randn(70), [state], options=StepOptions(fused=True))
 assert not torch.isfinite(update[7]) and torch.isfinite(update[torch.arange(70) != 7]).all()
 assert (state[:, :, 7] == 0).all() and torch.isfinite(state).all()
 
@@ -90,15 +90,15 @@ def test_requiring_the_fused_step_where_it_cannot_run_is_a_config_error():
     optimizer = LearnedOptimizer(params, checkpoint=CoordinatewiseLSTM(), fused=True)
     with pytest.raises(ConfigError, match="fused=True, but no single-kernel step.*use fused='auto'"):
         optimizer.step()
-    with pytest.raises(ConfigError, match="fused='sometimes'; allowed: True, False or 'auto'"):
+    with pytest.raises(ConfigError, match="fused='sometimes'; allowed: True, False, 'auto'"):
         LearnedOptimizer(params, checkpoint=CoordinatewiseLSTM(), fused="sometimes")
 
 
 def test_a_fused_kernel_that_cannot_compile_falls_back_to_the_chunked_step_with_one_warning(monkeypatch):
-    from l2l_lightning.nets import lstm
+    from l2l_lightning.nets import lstm_kernel
     from l2l_lightning.optim import runtime
-    from l2l_lightning.optim.runtime import StepOptions
-    from l2l_lightning.optim.triton_step import FusedStepUnavailable
+    from l2l_lightning.optim.runtime import StepOptions, step_inplace
+    from l2l_lightning.nets.kernel import FusedStepUnavailable
 
     def broken(states_written):
         def step(grad, states, out, keep):
@@ -106,17 +106,17 @@ def test_a_fused_kernel_that_cannot_compile_falls_back_to_the_chunked_step_with_
 
         return step
 
-    monkeypatch.setattr(lstm._LSTMKernel, "fused_step", lambda self, device: broken(None))
+    monkeypatch.setattr(lstm_kernel.LSTMKernel, "fused_step", lambda self, device: broken(None))
     monkeypatch.setattr(runtime, "_FUSED_FAILED", [])
     net = CoordinatewiseLSTM()
     grad = torch.randn(50)
     expected_state = net.init_state(50)
-    expected = net.step_inplace(grad, [expected_state], options=StepOptions(fused=False))
+    expected = step_inplace(net, grad, [expected_state], options=StepOptions(fused=False))
     state = net.init_state(50)
     with pytest.warns(RuntimeWarning, match="fused learned-optimizer step could not be compiled") as record:
-        update = net.step_inplace(grad, [state])
-        net.step_inplace(grad, [net.init_state(50)])  # no second warning: auto stays with the chunks
+        update = step_inplace(net, grad, [state])
+        step_inplace(net, grad, [net.init_state(50)])  # no second warning: auto stays with the chunks
     assert len(record) == 1
     assert torch.equal(update, expected) and torch.equal(state, expected_state)
     with pytest.raises(FusedStepUnavailable):
-        net.step_inplace(grad, [net.init_state(50)], options=StepOptions(fused=True))  # required: no silent fallback
+        step_inplace(net, grad, [net.init_state(50)], options=StepOptions(fused=True))  # required: no silent fallback

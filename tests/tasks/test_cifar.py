@@ -125,7 +125,7 @@ def test_separate_conv_and_fc_nets_meta_train_reload_and_deploy(root, tmp_path):
     images, labels = task.sample(torch.Generator().manual_seed(0)).batch(0)
     nn.functional.cross_entropy(model(images), labels).backward()
     optimizer.step()
-    hidden = {name: optimizer.state[p]["lstm"].shape[-1] for name, p in model.named_parameters()}
+    hidden = {name: optimizer.state[p]["net_state"].shape[-1] for name, p in model.named_parameters()}
     assert hidden["0.weight"] == 4 and hidden["16.weight"] == 3  # each stepped by its own net (hidden 4 / 3)
     assert load_net(exported).config == reloaded.net.config
     (result,) = compare([str(exported)], task, num_steps=3, num_problems=2, baselines=[], out_dir=None, progress=False)

@@ -114,7 +114,7 @@ def test_meta_training_runs_on_the_task(root, tmp_path):
     tiny_trainer(tmp_path, max_steps=4).fit(learner)
     assert learner.global_step == 4
     assert any(not torch.equal(a, b) for a, b in zip(before, learner.net.parameters()))
-    assert seen(learner._carry.problem) <= set(range(32))
+    assert seen(learner.stream.carry.problem) <= set(range(32))
     assert seen(learner.heldout_problems("val")[0]) <= set(range(32, 40))
     assert seen(learner.heldout_problems("test")[0]) <= set(range(TEST_OFFSET, TEST_OFFSET + SIZES["test"]))
 

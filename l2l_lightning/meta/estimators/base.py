@@ -72,7 +72,14 @@ class OuterEstimator(ABC):
 
     Store each ``__init__`` argument as an attribute of the same name: checkpoints record
     an estimator by its class path and those arguments (:attr:`config`), as tasks are.
+
+    An estimator declares what it supports, so ``MetaLearner`` asks it instead of testing its class:
     """
+
+    #: Whether the meta-gradient is back-propagated through the unrolled updates.  Only then do
+    #: ``second_derivatives`` (through the optimizee's gradient) and ``imitation`` (a term on the
+    #: updates) reach the meta-gradient; ``MetaLearner`` refuses them for an estimator without it.
+    differentiates_through_unroll: bool = False
 
     @abstractmethod
     def truncation(self, run: Truncation) -> TruncationResult:

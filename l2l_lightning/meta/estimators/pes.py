@@ -26,15 +26,14 @@ averages the estimates: more particles.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
-from torch.utils._pytree import tree_map
+from l2l_lightning.torch_compat import tree_map
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_float
 from l2l_lightning.meta.estimators.base import OuterEstimator, Truncation, TruncationResult
 from l2l_lightning.meta.unroll import unroll
 from l2l_lightning.nets.base import LearnedOptimizerNet
@@ -53,8 +52,7 @@ class PES(OuterEstimator):
             raise ConfigError(
                 f"PES: num_particles={num_particles!r} must be an even integer >= 2 (antithetic pairs: +ε and −ε)"
             )
-        if isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not (math.isfinite(sigma) and sigma > 0):
-            raise ConfigError(f"PES: sigma={sigma!r} must be a positive finite number (the perturbations' std)")
+        check_positive_float("PES: sigma", sigma, " (the perturbations' std)")
         self.num_particles = num_particles
         self.sigma = float(sigma)
         self._generator = torch.Generator().manual_seed(0)

@@ -14,6 +14,8 @@ class TruncatedBPTT(OuterEstimator):
     ``MetaLearner`` has one (:mod:`l2l_lightning.meta.imitation`).
     """
 
+    differentiates_through_unroll = True
+
     def truncation(self, run: Truncation) -> TruncationResult:
         imitation = run.imitation
         losses, theta, state = unroll(

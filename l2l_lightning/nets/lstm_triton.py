@@ -1,8 +1,8 @@
-"""A fused Triton kernel for the LSTM's deployment step: state read once, written once.
+"""The LSTM's deployment step as one fused Triton kernel: state read once, written once.
 
 On a GPU the learned step is memory-bound: per coordinate it must read and write 80
 numbers of LSTM state (2 layers × (h, c) × 20) and read the gradient.  The chunked eager
-path (:mod:`l2l_lightning.optim.runtime`) moves each chunk's state through several
+path (:class:`~l2l_lightning.nets.lstm_kernel.LSTMKernel` run by :mod:`l2l_lightning.optim.runtime`) moves each chunk's state through several
 kernels (matrix products, element-wise gate maths, copies), so the state crosses memory
 a few times.  This kernel does a whole coordinate block in registers: it reads the
 gradient and every layer's ``(h, c)`` once, computes the preprocessing, both layers' four
@@ -18,7 +18,10 @@ is not fused: ``LearnedOptimizer`` applies the updates only after every one of t
 known to be finite, so the update is written to a flat buffer (2 numbers per coordinate,
 about 2.5% of the state traffic).
 
-Used on CUDA by default where Triton is installed (``StepOptions.fused``).  On CPU it runs
+The same arithmetic as :mod:`l2l_lightning.nets.lstm_kernel`, beside it: the kernel belongs
+to the net.  :meth:`LSTMKernel.fused_step <l2l_lightning.nets.lstm_kernel.LSTMKernel.fused_step>`
+offers it, and the deployment runtime runs it on CUDA by default where Triton is installed
+(``StepOptions.fused``).  On CPU it runs
 under Triton's interpreter (``TRITON_INTERPRET=1``), which is how the tests check it against
 the eager step on machines without a GPU.
 """
@@ -27,12 +30,12 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
 
-from l2l_lightning.optim.runtime import FusedStepUnavailable
+from l2l_lightning.nets.kernel import FusedStepUnavailable
 
 try:  # Triton ships with CUDA builds of torch; without it the eager runtime is used
     import triton
@@ -46,10 +49,10 @@ BLOCK_ROWS = 64
 _PREPROCESS = {"none": 0, "log_sign": 1, "clamped": 2}
 
 
-def available(net: Any, device: torch.device) -> bool:
-    """Whether the fused kernel can step ``net`` on ``device``: a 2-layer LSTM (the paper's; other depths run
-    eagerly), on CUDA with Triton, or on CPU under Triton's interpreter."""
-    if triton is None or net.num_layers != 2:
+def available(num_layers: int, device: torch.device) -> bool:
+    """Whether the fused kernel can step an LSTM of ``num_layers`` on ``device``: 2 layers (the paper's; other
+    depths run eagerly), on CUDA with Triton, or on CPU under Triton's interpreter."""
+    if triton is None or num_layers != 2:
         return False
     return device.type == "cuda" or (device.type == "cpu" and os.environ.get("TRITON_INTERPRET") == "1")
 
@@ -169,23 +172,32 @@ if triton is not None:
 
 
 class TritonLSTMStep:
-    """The fused step for one :class:`~l2l_lightning.nets.CoordinatewiseLSTM` on one device (weights packed once)."""
+    """The fused step of one :class:`~l2l_lightning.nets.CoordinatewiseLSTM` on one device (weights packed once).
 
-    def __init__(self, net: Any, device: torch.device) -> None:
+    Args:
+        weights, biases: each layer's ``[input, h]`` weight ``(4H, F + H)`` and bias ``(4H,)`` (gates i, f, g, o).
+        output_weight, output_bias: the linear output ``(1, H)``, ``(1,)``.
+        preprocess, p, output_scale: the net's settings of those names.
+    """
+
+    def __init__(
+        self, weights: Sequence[Tensor], biases: Sequence[Tensor], output_weight: Tensor, output_bias: Tensor,
+        preprocess: str, p: float, output_scale: float, device: torch.device,
+    ) -> None:  # fmt: skip
         to = dict(device=device, dtype=torch.float32)
-        hidden, layers = net.hidden_size, net.num_layers
-        self.net, self.hidden, self.layers = net, hidden, layers
-        self.features = net.cells[0].weight.shape[1] - hidden
-        self.w0x = net.cells[0].weight[:, : self.features].detach().to(**to).contiguous()
-        self.wh = torch.stack([cell.weight[:, -hidden:].detach() for cell in net.cells]).to(**to).contiguous()
-        rest = [cell.weight[:, :hidden].detach() for cell in net.cells[1:]]
+        hidden = biases[0].shape[0] // 4
+        self.hidden, self.layers = hidden, len(weights)
+        self.preprocess, self.p, self.output_scale = preprocess, float(p), float(output_scale)
+        self.features = weights[0].shape[1] - hidden
+        self.w0x = weights[0][:, : self.features].detach().to(**to).contiguous()
+        self.wh = torch.stack([w[:, -hidden:].detach() for w in weights]).to(**to).contiguous()
+        rest = [w[:, :hidden].detach() for w in weights[1:]]
         self.wx = (torch.stack(rest) if rest else torch.zeros(1, 4 * hidden, hidden)).to(**to).contiguous()
-        self.b = torch.stack([cell.bias.detach() for cell in net.cells]).to(**to).contiguous()
-        self.wo = net.output.weight.detach().reshape(-1).to(**to).contiguous()
-        self.bo = float(net.output.bias.detach().item())
+        self.b = torch.stack([b.detach() for b in biases]).to(**to).contiguous()
+        self.wo = output_weight.detach().reshape(-1).to(**to).contiguous()
+        self.bo = float(output_bias.detach().item())
 
     def __call__(self, grad: Tensor, states: Sequence[Tensor], out: Tensor, keep: Optional[Tensor]) -> Tensor:
-        net = self.net
         keep_arg = keep if keep is not None else out  # unused when HAS_KEEP is false
         offset, launched = 0, False
         for state in states:
@@ -197,13 +209,13 @@ class TritonLSTMStep:
                 launch = _lstm_step_kernel[grid]
                 args = (
                     grad[offset : offset + n], state, out[offset : offset + n], keep_arg,
-                    self.w0x, self.wx, self.wh, self.b, self.wo, self.bo, float(net.output_scale), float(net.p),
-                    math.exp(net.p), float(torch.finfo(grad.dtype).eps), n, state.stride(0), state.stride(1),
+                    self.w0x, self.wx, self.wh, self.b, self.wo, self.bo, self.output_scale, self.p,
+                    math.exp(self.p), float(torch.finfo(grad.dtype).eps), n, state.stride(0), state.stride(1),
                     state.stride(2),
                 )  # fmt: skip
                 constants = dict(
                     H=self.hidden, HP=max(16, triton.next_power_of_2(self.hidden)), F=self.features,
-                    PRE=_PREPROCESS[net.preprocess], HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
+                    PRE=_PREPROCESS[self.preprocess], HAS_KEEP=keep is not None, BLOCK=BLOCK_ROWS,
                 )  # fmt: skip
                 if launched:
                     launch(*args, **constants)

@@ -1,0 +1,149 @@
+"""The training problem stream: which problem meta-training works on, and how far it got.
+
+:class:`ProblemStream` owns everything about the *sequence* of training problems, apart
+from Lightning: the generator that draws them (each rank and each fresh run its own), the
+problem being continued between truncations (:class:`Carry`), random rescaling (Lv et al.
+2017), the horizon curriculum (Chen et al. 2020) and exact resume.  For resume, the current
+problem itself is not stored (it may hold a dataset): the generator's state from *before*
+it was drawn is, so a resumed run draws the very same problem again and continues its
+optimizees from the stored parameters, net state and inner step.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import Tensor
+
+from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.meta.unroll import bind
+from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.tasks.base import Problem, ScaledProblem, Task
+from l2l_lightning.torch_compat import tree_map
+
+
+@dataclass
+class Carry:
+    """What one truncation hands to the next: the same problem, continued."""
+
+    problem: Problem
+    bound: LearnedOptimizerNet  #: the meta-trained net bound to the problem's layout (``unroll.bind``)
+    theta: Tensor
+    state: Any
+    step: int
+
+
+def check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll: int) -> list[int]:
+    """The horizons meta-training goes through: the curriculum's, then ``num_steps``."""
+    if horizons is None:
+        return [num_steps]
+    horizons = list(horizons)
+    for h in horizons:
+        check_positive_int("MetaLearner: horizon_curriculum entry", h)
+    if not horizons or any(h % unroll for h in horizons) or horizons != sorted(set(horizons)) or horizons[-1] > num_steps:
+        raise ConfigError(
+            f"MetaLearner: horizon_curriculum={horizons!r} must be a non-empty list of strictly increasing "
+            f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
+        )
+    return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
+
+
+class ProblemStream:
+    """The training problems of one rank, drawn from ``task``, each continued for the current horizon.
+
+    Args:
+        task: the distribution of training problems (its ``"train"`` split).
+        random_scaling: ``s > 0`` rescales each problem's parameters by ``exp(U[-s, s])``; 0: off.
+        horizons: the curriculum's horizons, then ``num_steps`` (:func:`check_curriculum`).
+    """
+
+    def __init__(self, task: Task, random_scaling: float, horizons: list[int]) -> None:
+        self.task = task
+        self.random_scaling = random_scaling
+        self.horizons = horizons
+        self.stage, self.stage_best = 0, math.inf
+        self.generator: Optional[torch.Generator] = None
+        self.carry: Optional[Carry] = None
+        self.draw_state: Optional[Tensor] = None  #: the generator's state before the current problem was drawn
+
+    @property
+    def horizon(self) -> int:
+        """Inner steps per training problem now: ``num_steps``, or the current curriculum stage's."""
+        return self.horizons[self.stage]
+
+    def start(self, seed: int) -> None:
+        """A fresh stream (each rank, and each run not resumed exactly, draws its own)."""
+        self.generator = torch.Generator().manual_seed(seed % 2**63)
+        self.carry = None
+
+    def draw(self, device: torch.device) -> Problem:
+        """The next training problem of the stream (randomly rescaled if ``random_scaling``)."""
+        problem = self.task.sample(self.generator, device, split="train")
+        if self.random_scaling:
+            theta = problem.initial_params()
+            u = torch.rand(theta.shape, generator=self.generator, dtype=torch.float64) * 2 - 1
+            problem = ScaledProblem(problem, (u * self.random_scaling).exp().to(theta.dtype).to(theta.device))
+        return problem
+
+    def next_carry(self, net: LearnedOptimizerNet, device: torch.device) -> tuple[Carry, bool]:
+        """The problem to continue: the carried one, or a fresh draw once it lived its horizon (then ``True``)."""
+        carry = self.carry
+        if carry is not None and carry.step < self.horizon:
+            return carry, False
+        self.draw_state = self.generator.get_state()  # to re-draw this problem on resume
+        problem = self.draw(device)
+        theta = problem.initial_params()
+        bound = bind(net, problem)
+        return Carry(problem, bound, theta, bound.init_state(problem.layout, device=device), 0), True
+
+    def advance_curriculum(self, val_mean_loss: float) -> None:
+        """Move to the next horizon when a validation does not improve on the current stage's best."""
+        if self.stage + 1 >= len(self.horizons):
+            return
+        if val_mean_loss < self.stage_best:
+            self.stage_best = val_mean_loss
+            return
+        self.stage, self.stage_best = self.stage + 1, math.inf
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where the stream is, as plain tensors and numbers (``weights_only`` loads it)."""
+        stream: dict[str, Any] = {"generator": self.generator.get_state()}
+        carry = self.carry
+        if carry is not None and self.draw_state is not None:
+            stream.update(
+                draw_generator=self.draw_state.clone(),
+                theta=carry.theta.detach().cpu().clone(),
+                state=tree_map(lambda t: t.detach().cpu().clone(), carry.state),
+                step=int(carry.step),
+            )
+        stream["curriculum"] = [self.stage, self.stage_best]
+        return stream
+
+    def load_state_dict(self, stream: dict[str, Any], net: LearnedOptimizerNet, device: torch.device) -> None:
+        """Continue the stream of :meth:`state_dict` exactly (a fresh problem, with a warning, if the task changed)."""
+        self.generator = torch.Generator()
+        self.carry = None
+        if "curriculum" in stream:
+            self.stage, self.stage_best = int(stream["curriculum"][0]), float(stream["curriculum"][1])
+        if "theta" not in stream:
+            self.generator.set_state(stream["generator"])
+            return
+        self.generator.set_state(stream["draw_generator"])
+        self.draw_state = stream["draw_generator"].clone()
+        problem = self.draw(device)
+        theta = stream["theta"].to(device)
+        if not torch.equal(self.generator.get_state(), stream["generator"]) or (
+            problem.initial_params().shape != theta.shape
+        ):
+            warnings.warn(
+                "resuming: the checkpoint's current problem cannot be drawn again with this task (its settings "
+                "differ from the run that saved it); starting a fresh problem, so this resume is not exact"
+            )
+            self.generator.set_state(stream["generator"])
+            return
+        state = tree_map(lambda t: t.to(device), stream["state"])
+        self.carry = Carry(problem, bind(net, problem), theta, state, int(stream["step"]))
