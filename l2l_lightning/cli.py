@@ -4,7 +4,7 @@
 evaluate a checkpoint (``--ckpt_path``).  After ``fit`` the best checkpoint is
 evaluated on the held-out test problems unless ``--test_after_fit false``.
 ``l2l compare`` (not a LightningCLI subcommand, a jsonargparse one) runs
-:func:`l2l_lightning.compare.compare`.
+:func:`l2l_lightning.compare.compare`; ``l2l bench`` likewise runs :func:`l2l_lightning.bench.suite.bench`.
 
 **Quiet by default.**  Every command prints its progress bars, its results table and the
 warnings that ask the user to act, nothing else: Lightning's ``INFO`` messages (hardware
@@ -297,6 +297,25 @@ def compare_main(args: list[str]) -> None:
         print(f"table, figure and TensorBoard runs written to {config.out_dir}/")
 
 
+def bench_main(args: list[str]) -> None:
+    """``l2l bench``: see :func:`l2l_lightning.bench.suite.bench` (every argument is a flag)."""
+    from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+    from l2l_lightning.bench.outputs import format_table
+    from l2l_lightning.bench.suite import bench
+
+    parser = ArgumentParser(prog="l2l bench", description=bench.__doc__.split("\n")[0])
+    parser.add_argument("--config", action=ActionConfigFile, help="a YAML file with any of the flags below")
+    parser.add_function_arguments(bench, fail_untyped=True, skip={"quick"})
+    parser.add_argument("--quick", action=ActionYesNo, default=False, help="a smoke test of the whole pipeline in seconds (--no_quick: off)")
+    config = parser.parse_args(args)
+    config.pop("config", None)
+    result = bench(**config.as_dict())
+    print(format_table(result))
+    if config.out_dir is not None:
+        print(f"table, figures and TensorBoard runs written to {config.out_dir}/")
+
+
 def main(args: Optional[ArgsType] = None) -> None:
     """Entry point of the ``l2l`` console script."""
     argv = sys.argv[1:] if args is None else args
@@ -311,13 +330,15 @@ def main(args: Optional[ArgsType] = None) -> None:
         try:
             if isinstance(argv, list) and argv[:1] == ["compare"]:
                 return compare_main(argv[1:])
+            if isinstance(argv, list) and argv[:1] == ["bench"]:
+                return bench_main(argv[1:])
             L2LCLI(
                 MetaLearner,
                 seed_everything_default=0,
                 save_config_kwargs={"overwrite": True},
                 parser_kwargs={"description": "Meta-train learned optimizers (fit/validate/test). "
-                               "Also: `l2l compare --help` to compare trained optimizers with tuned baselines."
-                               + VERBOSE_HELP},
+                               "Also: `l2l compare --help` to compare trained optimizers with tuned baselines, "
+                               "`l2l bench --help` to benchmark them on a suite of held-out tasks." + VERBOSE_HELP},
                 args=None if args is None else argv,
                 verbose=verbose,
             )

@@ -73,7 +73,7 @@ def _draw(task: Task, count: int, seed: int, split: Split, device: str) -> list[
     return [task.sample(torch.Generator().manual_seed(seed + i), device, split=split) for i in range(count)]
 
 
-def _labelled(spec: str) -> tuple[str, str]:
+def labelled(spec: str) -> tuple[str, str]:
     """``"label=spec"`` or ``"spec"`` -> ``(label, spec)``; a path is labelled by its file stem."""
     label, sep, rest = spec.partition("=")
     if sep and label and os.sep not in label:
@@ -134,7 +134,7 @@ def compare(
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
-    nets = {label: load_net(spec).to(device).eval().requires_grad_(False) for label, spec in map(_labelled, learned)}
+    nets = {label: load_net(spec).to(device).eval().requires_grad_(False) for label, spec in map(labelled, learned)}
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
     bar = tqdm(total=total, desc="l2l compare", disable=not progress, unit="run")

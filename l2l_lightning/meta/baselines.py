@@ -10,7 +10,7 @@ each update.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Optional, Sequence
+from typing import Callable, Mapping, NamedTuple, Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -64,6 +64,24 @@ def final_params(name: str, lr: float, problem: Problem, num_steps: int) -> Tens
     return _optimize(name, lr, problem, num_steps)[1]
 
 
+def next_rate_past_edge(scores: Mapping[float, float]) -> Optional[float]:
+    """The rate to try next when the best of ``scores`` (lr -> loss, lower is better) is at an edge, else ``None``.
+
+    A best rate at the edge of the grid only says the grid was too narrow: the next rate lies
+    one step (the ratio of the two outermost rates) past that edge, downwards when every rate
+    diverged (all scores infinite).  Shared by :func:`tune_baseline` and ``l2l bench``'s tuning.
+    """
+    grid = sorted(scores)
+    if len(grid) < 2:
+        return None
+    best = min(grid, key=lambda lr: scores[lr])
+    if not math.isfinite(scores[best]) or best == grid[0]:  # every rate diverged, or the smallest is best
+        return grid[0] ** 2 / grid[1]
+    if best == grid[-1]:
+        return grid[-1] ** 2 / grid[-2]
+    return None
+
+
 def tune_baseline(
     name: str,
     problems: Sequence[Problem],
@@ -102,13 +120,8 @@ def tune_baseline(
     for lr in lrs:
         evaluate(lr)
     for _ in range(extend if len(set(lrs)) > 1 else 0):
-        grid = sorted(scores)
-        best = min(grid, key=lambda lr: scores[lr])
-        if not math.isfinite(scores[best]) or best == grid[0]:  # every rate diverged, or the smallest is best
-            lr = grid[0] ** 2 / grid[1]
-        elif best == grid[-1]:
-            lr = grid[-1] ** 2 / grid[-2]
-        else:
+        lr = next_rate_past_edge(scores)
+        if lr is None:
             break
         if on_extend is not None:
             on_extend(lr)
