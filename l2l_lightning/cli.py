@@ -30,11 +30,11 @@ from lightning.pytorch.callbacks import Checkpoint
 from lightning.pytorch.cli import ArgsType, LightningCLI
 
 from l2l_lightning.errors import CheckpointError, ConfigError, L2LError
-from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD
+from l2l_lightning.lightning_compat import CHECKPOINT_HPARAMS_METHOD, is_registry, resolve_ckpt_keyword
 from l2l_lightning.meta.checkpoint_io import AtomicCheckpointIO, meta_learner_checkpoints
 from l2l_lightning.meta.module import MetaLearner
 from l2l_lightning.meta.settings import check_is_meta_learner_checkpoint
-from l2l_lightning.safe_load import load_plain
+from l2l_lightning.safe_load import check_folder, load_plain
 from l2l_lightning.serialization import FORMAT as EXPORT_FORMAT
 
 
@@ -98,6 +98,7 @@ class L2LCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         config = self.config.get(self.subcommand, self.config)
         check_ckpt_path(config.get("ckpt_path"))
+        check_output_folders(config.get("trainer") or {})
         if not self.verbose and config.trainer.get("enable_model_summary") is None:
             config.trainer.enable_model_summary = False  # quiet unless asked; an explicit true is kept
         if config.get("lr_scheduler") is not None and config.get("optimizer") is None:
@@ -141,6 +142,47 @@ class L2LCLI(LightningCLI):
             return None
         states = load_plain(ckpt_path).get("callbacks", {})
         return next((state.get("dirpath") for key, state in states.items() if key.startswith("ModelCheckpoint")), None)
+
+    def before_fit(self) -> None:
+        self._resolve_ckpt_keyword("fit")
+
+    def before_validate(self) -> None:
+        self._resolve_ckpt_keyword("validate")
+
+    def before_test(self) -> None:
+        self._resolve_ckpt_keyword("test")
+
+    def _resolve_ckpt_keyword(self, subcommand: str) -> None:
+        """``--ckpt_path best|last|hpc``: the file Lightning would load, checked like any ``--ckpt_path``
+        and passed on as that file; an error where there is none.
+
+        Lightning only warns when ``last`` finds no checkpoint, then evaluates untrained weights;
+        ``l2l fit --ckpt_path last`` keeps Lightning's meaning there (a fresh start before the first run).
+        """
+        config = self.config_init[subcommand]
+        keyword = config.get("ckpt_path")
+        if keyword not in _LIGHTNING_CKPT_KEYWORDS:
+            return
+        how = "pass the checkpoint file instead, e.g. --ckpt_path runs/quadratic/version_0/checkpoints/last.ckpt"
+        if keyword == "best":
+            raise ConfigError(
+                "--ckpt_path best means the best checkpoint of an earlier fit in the same process, and "
+                f"`l2l {subcommand}` has none: {how}"
+            )
+        where = {"last": "for this run's logger and trainer", "hpc": "(hpc_ckpt_<N>.ckpt) in --trainer.default_root_dir"}
+        try:
+            resolved = resolve_ckpt_keyword(self.trainer, subcommand, keyword)
+        except ValueError as error:  # Lightning's own "no HPC checkpoint was found"
+            resolved, cause = None, error
+        else:
+            cause = None
+        if resolved is None and subcommand == "fit" and keyword == "last":
+            return
+        if resolved is None:
+            message = f"--ckpt_path {keyword}: there is no {keyword} checkpoint {where[keyword]}; {how}"
+            raise ConfigError(message) from cause
+        check_ckpt_path(resolved)
+        config["ckpt_path"] = resolved
 
     def after_fit(self) -> None:
         if self.config["fit"]["test_after_fit"] and not self.trainer.interrupted:
@@ -205,9 +247,11 @@ def check_ckpt_path(ckpt_path: Any) -> None:
     if not isinstance(ckpt_path, (str, os.PathLike)):
         return
     text = str(ckpt_path)
-    if text in _LIGHTNING_CKPT_KEYWORDS or text.startswith("registry") or "://" in text:
-        return
-    checkpoint = load_plain(ckpt_path)
+    if text in _LIGHTNING_CKPT_KEYWORDS or is_registry(text):
+        return  # resolved by Lightning; the file it then reads goes through AtomicCheckpointIO.load_checkpoint
+    if not text.strip():
+        raise ConfigError("--ckpt_path is empty; give a .ckpt written by `l2l fit`, or leave it out")
+    checkpoint = load_plain(ckpt_path)  # a URL is refused here, not fetched (see safe_load.check_local)
     if isinstance(checkpoint, dict) and checkpoint.get("format") == EXPORT_FORMAT:
         raise CheckpointError(
             f"--ckpt_path {text} is an exported learned optimizer (written by l2l-export), not a MetaLearner "
@@ -220,6 +264,55 @@ def check_ckpt_path(ckpt_path: Any) -> None:
             "pass a .ckpt written by `l2l fit`"
         )
     check_is_meta_learner_checkpoint(checkpoint, f"--ckpt_path {text}")
+
+
+def check_output_folders(trainer: Any) -> None:
+    """A clear error, before anything runs, for ``default_root_dir`` or a logger's ``save_dir`` that is a file."""
+    if isinstance(trainer.get("default_root_dir"), (str, os.PathLike)):
+        check_folder(trainer["default_root_dir"], "--trainer.default_root_dir")
+    loggers = trainer.get("logger")
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        init_args = logger.get("init_args") if hasattr(logger, "get") else None
+        save_dir = init_args.get("save_dir") if hasattr(init_args, "get") else None
+        if isinstance(save_dir, (str, os.PathLike)):
+            check_folder(save_dir, "--trainer.logger.init_args.save_dir")
+
+
+def check_config_files(args: Any) -> None:
+    """``--config FILE`` must be text: jsonargparse ends in a ``UnicodeDecodeError`` traceback on binary files."""
+    if not isinstance(args, list):
+        return
+    for index, arg in enumerate(args):
+        if arg == "--config" and index + 1 < len(args):
+            path = args[index + 1]
+        elif isinstance(arg, str) and arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        else:
+            continue
+        if os.path.isfile(path):
+            try:
+                with open(path, encoding="utf-8") as file:
+                    file.read()
+            except UnicodeDecodeError as error:
+                message = f"--config {path} is not a text (YAML) file: {error.reason} at byte {error.start}"
+                raise ConfigError(message) from error
+
+
+def user_error(error: BaseException) -> Optional[BaseException]:
+    """The user error behind ``error``, if there is one: an L2L error, a missing file, or either of
+    them wrapped by jsonargparse.
+
+    jsonargparse turns a ``ConfigError`` raised while building a class of an ``Optional[...]`` or
+    union-typed setting (``--model.net``, ``--model.estimator``, …) into a ``ValueError`` raised
+    *from* it, at any depth; following ``__cause__`` finds it wherever it was raised.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, (L2LError, FileNotFoundError)):
+            return error
+        seen.add(id(error))
+        error = error.__cause__
+    return None
 
 
 setattr(L2LCLI, CHECKPOINT_HPARAMS_METHOD, L2LCLI._ignore_checkpoint_hparams)
@@ -328,6 +421,7 @@ def main(args: Optional[ArgsType] = None) -> None:
         if not verbose:
             quiet_lightning()
         try:
+            check_config_files(argv)
             if isinstance(argv, list) and argv[:1] == ["compare"]:
                 return compare_main(argv[1:])
             if isinstance(argv, list) and argv[:1] == ["bench"]:
@@ -342,8 +436,11 @@ def main(args: Optional[ArgsType] = None) -> None:
                 args=None if args is None else argv,
                 verbose=verbose,
             )
-        except (L2LError, FileNotFoundError) as error:  # bad input: one line, no traceback
-            print(f"l2l: error: {error}", file=sys.stderr)
+        except Exception as error:  # bad input: one line, no traceback
+            cause = user_error(error)
+            if cause is None:
+                raise
+            print(f"l2l: error: {cause}", file=sys.stderr)
             sys.exit(2)
 
 

@@ -37,6 +37,7 @@ from l2l_lightning.meta.baselines import BASELINES, DEFAULT_LR_GRID, run_baselin
 from l2l_lightning.meta.images import is_image_problem, write_image_grid
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.tasks.base import Problem, Split, Task
+from l2l_lightning.safe_load import check_folder
 from l2l_lightning.threads import ThreadPolicy, check_threads
 
 
@@ -71,6 +72,30 @@ class OptimizerResult:
 
 def _draw(task: Task, count: int, seed: int, split: Split, device: str) -> list[Problem]:
     return [task.sample(torch.Generator().manual_seed(seed + i), device, split=split) for i in range(count)]
+
+
+def check_device(device: str) -> None:
+    """A clear error, before any work, for a device this machine lacks (torch fails mid-run otherwise)."""
+    try:
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:  # no driver / not compiled with it / bad name
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"compare: device={device!r} is not available here ({first}); use --device cpu") from error
+
+
+def _load_learned(learned: Sequence[str], baselines: Sequence[str], device: str) -> dict[str, torch.nn.Module]:
+    """``label -> net`` of the trained optimizers to compare; two under one label would overwrite each other."""
+    from l2l_lightning.optim.pretrained import load_net
+
+    nets = {}
+    for label, spec in map(labelled, learned):
+        if label in nets or label in baselines:
+            raise ConfigError(
+                f"compare: two optimizers are labelled {label!r} (their results would overwrite each other); "
+                f"label each learned one as label=spec, e.g. {label}_1={spec}"
+            )
+        nets[label] = load_net(spec).to(device).eval().requires_grad_(False)
+    return nets
 
 
 def labelled(spec: str) -> tuple[str, str]:
@@ -121,8 +146,6 @@ def compare(
             ``torch.set_num_threads`` chose otherwise; :mod:`l2l_lightning.threads`) or a positive
             integer; the caller's count is restored at the end.
     """
-    from l2l_lightning.optim.pretrained import load_net
-
     for name, value in (("num_steps", num_steps), ("num_problems", num_problems), ("tune_problems", tune_problems)):
         check_positive_int(f"compare: {name}", value)
     unknown = [b for b in baselines if b not in BASELINES]
@@ -134,7 +157,10 @@ def compare(
     if not learned and not baselines:
         raise ConfigError("compare: nothing to compare; give --learned and/or --baselines")
     policy = ThreadPolicy(check_threads(threads, "compare: threads"))
-    nets = {label: load_net(spec).to(device).eval().requires_grad_(False) for label, spec in map(labelled, learned)}
+    check_device(device)
+    if out_dir is not None:
+        check_folder(out_dir, "compare: out_dir")
+    nets = _load_learned(learned, baselines, device)
 
     total = len(baselines) * (len(lrs) * tune_problems + num_problems) + len(nets) * num_problems
     bar = tqdm(total=total, desc="l2l compare", disable=not progress, unit="run")

@@ -1,12 +1,14 @@
 """Reading files without running code from them, and writing them so that a crash loses nothing.
 
 Every file l2l_lightning reads (exported optimizers, ``MetaLearner`` checkpoints, the
-``--ckpt_path`` of ``l2l``) may come from someone else, so two rules hold everywhere:
+``--ckpt_path`` of ``l2l``) may come from someone else, so three rules hold everywhere:
 
+* **Local files only.** A URL is refused, never fetched (:func:`check_local` says why).
 * **Nothing is unpickled in full.** Files are read with ``torch.load(weights_only=True)``,
-  whatever their suffix: a pickle can run any code while it loads, before anything could
-  check it.  The project's own checkpoints and exports hold plain data only (tensors,
-  dicts, lists, strings, numbers), so they load this way; a file holding pickled objects
+  passed explicitly (so ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` cannot flip it), whatever their
+  suffix: a pickle can run any code while it loads, before anything could check it.  The
+  project's own checkpoints and exports hold plain data only (tensors, dicts, lists,
+  strings, numbers), so they load this way; a file holding pickled objects
   is a :class:`~l2l_lightning.errors.CheckpointError` that says how to make a safe one.
 * **A file names only classes it is allowed to name.** Exported files and checkpoints
   describe their net as ``{"class_path", "init_args"}``.  Rebuilding it imports the
@@ -15,6 +17,8 @@ Every file l2l_lightning reads (exported optimizers, ``MetaLearner`` checkpoints
   default, plus the modules you allow, either with :func:`allow_modules` or with the
   environment variable ``L2L_ALLOWED_MODULES`` (comma-separated, e.g.
   ``L2L_ALLOWED_MODULES=mypackage.nets,otherpkg``; a module allows its submodules).
+  :func:`check_spec_allowed` finds every class a file names, at any depth, before anything
+  is imported, and refuses nesting deeper than :data:`MAX_NESTING` rather than stop walking.
   A net class_path you write in a config is your own input and is not restricted.
 
 Writes go through :func:`atomic_save`: a temporary file in the target's folder, flushed
@@ -28,18 +32,20 @@ when that folder is on another file system, and it never fsyncs.
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import pickle
 import re
 import secrets
 import stat
+import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import torch
 
-from l2l_lightning.errors import CheckpointError
+from l2l_lightning.errors import CheckpointError, ConfigError
 
 #: The environment variable listing extra modules whose classes files may name.
 ALLOWED_MODULES_ENV = "L2L_ALLOWED_MODULES"
@@ -73,61 +79,133 @@ def allowed_modules() -> tuple[str, ...]:
     return tuple(dict.fromkeys([*_DEFAULT_ALLOWED, *(m for m in from_env if m), *sorted(_allowed_by_call)]))
 
 
-def is_allowed(class_path: str) -> bool:
-    """Whether the module of ``class_path`` is an allowed module or inside one."""
+def is_allowed(class_path: str, also_allowed: tuple[str, ...] = ()) -> bool:
+    """Whether the module of ``class_path`` is an allowed module (or ``also_allowed``) or inside one."""
     module = class_path.rpartition(".")[0]
-    return any(module == allowed or module.startswith(allowed + ".") for allowed in allowed_modules())
+    allowed_list = (*allowed_modules(), *also_allowed)
+    return any(module == allowed or module.startswith(allowed + ".") for allowed in allowed_list)
 
 
-def check_spec_allowed(spec: Any, source: str) -> None:
-    """Refuse a net spec read from a file if it, or any spec nested in its settings, names a class
-    outside the allowed modules; checked *before* anything is imported.
+#: How many levels of dicts and lists a file's class-naming parts may nest (net specs,
+#: hyper-parameters).  The project's own deepest is a RoutedNets spec inside the hyper-parameters
+#: (six levels); anything deeper is refused, never walked partly, so no nesting outruns the check.
+MAX_NESTING = 16
+#: A dotted string such as ``pkg.mod.Class``: jsonargparse imports one when a class is expected.
+_IMPORT_PATH = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$")
 
-    Nested specs matter: a :class:`~l2l_lightning.nets.RoutedNets` file lists its nets'
-    class_paths in its ``init_args``, and those are imported when it is built.
+
+def check_spec_allowed(spec: Any, source: str, also_allowed: tuple[str, ...] = ()) -> list[str]:
+    """Refuse a spec read from a file if anything in it names a module outside the allowed ones;
+    checked *before* anything is imported, at every depth (deeper than :data:`MAX_NESTING` is refused).
+
+    What counts as naming a module: every ``class_path``, and every other string that is a dotted
+    import path (``pkg.mod.Class``) of an importable top-level package, because jsonargparse
+    imports such a string wherever a class is expected (a hyper-parameter ``task:
+    "pkg.Task"``, a :class:`~l2l_lightning.nets.RoutedNets` route given as a string).  Nested
+    specs matter: a ``RoutedNets`` lists its nets' class_paths in its ``init_args``, and those
+    are imported when it is built.  ``also_allowed`` adds modules for this spec only (e.g.
+    ``torch.optim`` for a meta-optimizer).
+
+    Returns:
+        The ``class_path`` values, all allowed, so that a caller can import them deliberately.
     """
-    for class_path in _class_paths(spec):
-        if not is_allowed(class_path):
+    named = _named_modules(spec, source)
+    for class_path, _ in named:
+        if not is_allowed(class_path, also_allowed):
             module = class_path.rpartition(".")[0] or class_path
             raise CheckpointError(
-                f"{source} names the net class {class_path!r}, outside the modules files may name "
-                f"({', '.join(allowed_modules())}); l2l_lightning does not import a module just because a file "
-                f"names it. If you trust the file and its class, allow the module: "
+                f"{source} names the class {class_path!r}, outside the modules files may name "
+                f"({', '.join([*allowed_modules(), *also_allowed])}); l2l_lightning does not import a module just "
+                f"because a file names it. If you trust the file and its class, allow the module: "
                 f"{ALLOWED_MODULES_ENV}={module} in the environment, or "
                 f"l2l_lightning.safe_load.allow_modules({module!r}) in Python"
             )
+    return [class_path for class_path, is_class_path in named if is_class_path]
 
 
-def _class_paths(value: Any, depth: int = 0) -> list[str]:
-    """Every ``class_path`` string in a nested structure of dicts and lists."""
-    if depth > 32:
-        return []
-    found = []
+def _named_modules(value: Any, source: str, depth: int = 0, key: Any = None) -> list[tuple[str, bool]]:
+    """Every import path in a nested structure of dicts and lists (see :func:`check_spec_allowed`),
+    each with whether it is a ``class_path`` value."""
+    if isinstance(value, (Mapping, list, tuple)) and depth >= MAX_NESTING:
+        raise CheckpointError(
+            f"{source} nests its settings more than {MAX_NESTING} levels deep; files written by l2l_lightning "
+            "are a few levels deep, so this file was not written by it and is refused unread"
+        )
     if isinstance(value, Mapping):
-        if isinstance(value.get("class_path"), str):
-            found.append(value["class_path"])
-        for item in value.values():
-            found += _class_paths(item, depth + 1)
-    elif isinstance(value, (list, tuple)):
-        for item in value:
-            found += _class_paths(item, depth + 1)
-    return found
+        found = []
+        for item_key, item in value.items():
+            found += _named_modules(item, source, depth + 1, item_key)
+        return found
+    if isinstance(value, (list, tuple)):
+        return [path for item in value for path in _named_modules(item, source, depth + 1)]
+    if key == "class_path":
+        if not isinstance(value, str):
+            raise CheckpointError(
+                f"{source}: a class_path must be a string such as 'l2l_lightning.CoordinatewiseLSTM', got {value!r}"
+            )
+        return [(value, True)]
+    return [(value, False)] if isinstance(value, str) and _IMPORT_PATH.match(value) and _importable(value) else []
 
 
-def load_plain(path: Union[str, "os.PathLike[str]"]) -> Any:
+def _importable(path: str) -> bool:
+    """Whether the top-level package of ``path`` could be imported (looked up, not run)."""
+    top = path.partition(".")[0]
+    if top in sys.modules:
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def load_plain(path: Union[str, "os.PathLike[str]", IO[bytes]]) -> Any:
     """``torch.load(path, weights_only=True)`` on the CPU, with one clear error for each way it fails.
 
+    ``path`` is a local file (or an open binary file, read from where it stands and rewound).  A URL
+    is refused, not fetched: see :func:`check_local`.
+
     Raises:
-        CheckpointError: no such file, a folder, pickled objects (which are never
+        CheckpointError: a URL, no such file, a folder, pickled objects (which are never
             unpickled), or not a torch file at all / truncated / corrupt.
     """
+    if hasattr(path, "read"):
+        start = path.tell()
+        try:
+            return _load(path, Path(getattr(path, "name", "<file object>")))
+        finally:
+            path.seek(start)
+    check_local(path)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"no such file: {path}")
     if not path.is_file():
         raise CheckpointError(f"{path} is a folder, not a file")
+    return _load(path, path)
+
+
+def check_local(path: Union[str, "os.PathLike[str]"]) -> None:
+    """Refuse a URL (``http://``, ``file://``, ``s3://`` …) where a file is read.
+
+    Remote files are not fetched, on purpose: Lightning reads ``http(s)`` checkpoints with
+    ``weights_only=False`` (their pickles run) and other URLs through fsspec, and a file checked
+    here and then fetched again by Lightning need not be the same file.  Downloading it yourself
+    makes it a local file, read like any other.
+    """
+    text = os.fspath(path)
+    if "://" not in text:
+        return
+    scheme = text.partition("://")[0]
+    how = (
+        f"pass the path itself ({text.partition('://')[2] or '/…'})"
+        if scheme.lower() == "file"
+        else f"download it first (e.g. curl -fLo model.ckpt '{text}') and pass the local file"
+    )
+    raise CheckpointError(f"{text} is a URL; l2l_lightning reads local files only, never fetches a checkpoint: {how}")
+
+
+def _load(file: Union[Path, IO[bytes]], path: Path) -> Any:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         refused = _refused_global(str(error))
         if refused is not None:
@@ -257,6 +335,22 @@ def check_writable_target(path: Path) -> None:
         raise CheckpointError("the output file name is empty; give a file name such as out.pt")
     if path.is_dir():
         raise CheckpointError(f"cannot write {path}: it is a folder; give a file name such as {path / 'name.pt'}")
+
+
+def check_folder(path: Union[str, "os.PathLike[str]"], setting: str) -> None:
+    """A clear :class:`ConfigError` for a folder setting that names a plain file, or a folder under one.
+
+    Otherwise the first ``os.makedirs`` fails deep inside Lightning or TensorBoard with a traceback.
+    """
+    path = Path(path)
+    for candidate in (path, *path.parents):
+        if candidate.exists():
+            if not candidate.is_dir():
+                where = "is" if candidate == path else f"lies under {candidate}, which is"
+                raise ConfigError(
+                    f"{setting}={str(path)!r} {where} a file, not a folder; give a folder (created if missing)"
+                )
+            return
 
 
 def _fsync_folder(folder: Path) -> None:

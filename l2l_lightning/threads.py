@@ -56,7 +56,7 @@ def check_threads(setting: Any, name: str = "threads") -> ThreadsSetting:
     """``setting`` if it is ``"auto"`` or a positive integer, else a :class:`ConfigError` naming ``name``."""
     if setting == "auto" and isinstance(setting, str):
         return setting
-    if isinstance(setting, str) and setting.isdigit() and int(setting) > 0:
+    if isinstance(setting, str) and setting.isascii() and setting.isdigit() and int(setting) > 0:  # '²'.isdigit()
         return int(setting)
     if isinstance(setting, bool) or not isinstance(setting, int) or setting <= 0:
         raise ConfigError(

@@ -51,3 +51,17 @@ def test_the_checkpoint_loader_still_builds_modules_with_the_instantiator_named_
     )
     module, _, name = CLI_INSTANTIATOR.rpartition(".")
     assert callable(getattr(importlib.import_module(module), name, None)), f"{CLI_INSTANTIATOR} is gone"
+
+
+def test_lightning_still_resolves_checkpoint_keywords_where_l2l_asks(tmp_path):
+    import lightning as L
+
+    from l2l_lightning.lightning_compat import is_registry, resolve_ckpt_keyword
+
+    trainer = L.Trainer(default_root_dir=tmp_path, logger=False, enable_progress_bar=False)
+    assert resolve_ckpt_keyword(trainer, "test", "last") is None  # Lightning would only warn
+    (tmp_path / "hpc_ckpt_3.ckpt").write_bytes(b"")
+    assert resolve_ckpt_keyword(trainer, "test", "hpc") == str(tmp_path / "hpc_ckpt_3.ckpt")
+    assert resolve_ckpt_keyword(trainer, "test", str(tmp_path / "x.ckpt")) == str(tmp_path / "x.ckpt")
+    # Lightning's registry test, and only with litmodels installed (not here: every value is a file)
+    assert not is_registry("registry_x.ckpt") and not is_registry("my_registry")

@@ -18,15 +18,23 @@ import lightning as L
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from lightning.pytorch.callbacks import Checkpoint, ModelCheckpoint
 
-from l2l_lightning.safe_load import atomic_save
+from l2l_lightning.safe_load import atomic_save, load_plain
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning's ``TorchCheckpointIO`` whose local saves go through :func:`atomic_save`.
+    """Lightning's ``TorchCheckpointIO`` whose local saves go through :func:`atomic_save` and whose
+    loads go through :func:`~l2l_lightning.safe_load.load_plain`.
 
-    Remote paths (``s3://`` and the like) are left to Lightning, whose fsspec
-    transaction is the right tool there.
+    Remote paths (``s3://`` and the like) are saved by Lightning, whose fsspec transaction is the
+    right tool there.  Loads are local files only, read with ``weights_only=True`` whatever the
+    caller or ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD`` asks: every checkpoint Lightning reads for
+    ``l2l`` (``--ckpt_path FILE``, ``last``, ``hpc``, a registry download) is plain data.
     """
+
+    def load_checkpoint(
+        self, path: Any, map_location: Optional[Any] = None, weights_only: Optional[bool] = None
+    ) -> dict[str, Any]:
+        return load_plain(path)  # on the CPU; Lightning moves the states to the module's device
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
         if storage_options is not None or "://" in str(path):

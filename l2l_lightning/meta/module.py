@@ -16,7 +16,6 @@ very problems (the hardest fair baseline: it saw the test problems when tuning).
 from __future__ import annotations
 
 import inspect
-import os
 import warnings
 from typing import Any, Literal, Optional, Sequence, Union
 
@@ -36,14 +35,13 @@ from l2l_lightning.meta.evaluation import HeldOutEvaluation
 from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.settings import (
-    LossTransform, LossWeights, callable_spec, check_is_meta_learner_checkpoint, check_settings, describe_spec,
-    initial_net, loss_weights_for,
+    LossTransform, LossWeights, build_meta_optimizer, callable_spec, check_is_meta_learner_checkpoint,
+    check_settings, checked_checkpoint_file, describe_spec, initial_net, loss_weights_for,
 )  # fmt: skip
 from l2l_lightning.meta.stream import Carry, ProblemStream
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
-from l2l_lightning.serialization import NET_KEY
-from l2l_lightning.safe_load import check_spec_allowed, load_plain
+from l2l_lightning.serialization import NET_KEY, net_from_spec
 from l2l_lightning.tasks.base import Problem, Task
 from l2l_lightning.threads import ThreadPolicy, check_threads
 
@@ -281,7 +279,7 @@ class MetaLearner(L.LightningModule):
         self.log("meta/skipped_steps", float(self._skipped))
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return self.meta_optimizer(self.net.parameters())
+        return build_meta_optimizer(self.meta_optimizer, self.net.parameters())
 
     def configure_callbacks(self) -> list[L.Callback]:
         """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, unless checkpointing is off or the trainer
@@ -351,15 +349,12 @@ class MetaLearner(L.LightningModule):
 
     @classmethod
     def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> "MetaLearner":  # type: ignore[override]
-        """Lightning's loader, after checking that the file really is a MetaLearner checkpoint."""
-        if isinstance(checkpoint_path, (str, os.PathLike)):
-            checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files
-            check_is_meta_learner_checkpoint(checkpoint, checkpoint_path)
-            hparams = checkpoint.get("hyper_parameters")
-            check_spec_allowed(hparams.get("net") if isinstance(hparams, dict) else None, str(checkpoint_path))
+        """Lightning's loader, reading plain data only, inside :func:`~l2l_lightning.meta.settings.checked_checkpoint_file`."""
         # The checkpoint's own weights replace init_from's, so the file it names need not exist any more.
         kwargs.setdefault("init_from", None)
-        return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        kwargs["weights_only"] = True  # passed explicitly: TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot undo it
+        with checked_checkpoint_file(checkpoint_path, given=kwargs):
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Rebuild the net with the checkpoint's settings before its weights are loaded."""
@@ -367,12 +362,11 @@ class MetaLearner(L.LightningModule):
         self._resume = checkpoint.get("l2l_stream")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
-            check_spec_allowed(spec, f"the checkpoint's {NET_KEY}")  # a file may only name allowed net classes
             warnings.warn(  # said, not silent: `l2l test --config X --ckpt_path Y` evaluates Y's net
                 f"the checkpoint's net ({describe_spec(spec)}) replaces model.net ({describe_spec(self.net.spec)}): "
                 "a checkpoint is evaluated and resumed with the net it trained; drop model.net or make it match"
             )
-            self.net = LearnedOptimizerNet.from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)
+            self.net = net_from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)  # checked, then built
             self.stream.carry = None
 
     def _restore_stream(self, stream: dict[str, Any]) -> bool:

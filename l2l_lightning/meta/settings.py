@@ -9,19 +9,22 @@ never by its class.
 
 from __future__ import annotations
 
+import contextlib
 import functools
-from typing import Any, Literal, Optional, Union
+from typing import Any, Iterable, Iterator, Literal, Optional, Union
 
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, L2LError, check_bool, check_choice, check_positive_int
+from l2l_lightning.errors import CheckpointError, ConfigError, L2LError, check_bool, check_choice, check_positive_int
 from l2l_lightning.meta.estimators import OuterEstimator, TruncatedBPTT
 from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.stream import check_curriculum
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
-from l2l_lightning.serialization import NET_KEY
+from l2l_lightning.safe_load import load_plain
+from l2l_lightning.serialization import NET_KEY, check_hyperparameters
+from l2l_lightning.specs import make_spec
 from l2l_lightning.tasks.base import Task
 
 LossWeights = Union[Literal["uniform", "increasing"], list[float]]
@@ -140,7 +143,7 @@ def callable_spec(factory: Any) -> Optional[dict[str, Any]]:
         factory, keywords = factory.func, dict(factory.keywords)
     if not isinstance(factory, type):
         return None
-    return {"class_path": f"{factory.__module__}.{factory.__qualname__}", "init_args": keywords}
+    return make_spec(factory, keywords)
 
 
 def describe_spec(spec: dict[str, Any]) -> str:
@@ -158,3 +161,36 @@ def check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:
         )
 
 
+@contextlib.contextmanager
+def checked_checkpoint_file(checkpoint_path: Any, given: dict[str, Any]) -> Iterator[None]:
+    """Around ``MetaLearner.load_from_checkpoint``: the file must be a MetaLearner checkpoint whose
+    hyper-parameters name only allowed classes (those ``given`` as arguments are not read), checked
+    before Lightning's loader hands them to jsonargparse, which imports what they name
+    (:func:`~l2l_lightning.serialization.check_hyperparameters`); a hyper-parameter jsonargparse then
+    refuses is one :class:`CheckpointError` naming the file, not its multi-line report.
+    """
+    from jsonargparse import ArgumentError  # Lightning rebuilds the module through jsonargparse
+
+    is_file_object = hasattr(checkpoint_path, "read")
+    source = str(getattr(checkpoint_path, "name", "<file object>") if is_file_object else checkpoint_path)
+    checkpoint = load_plain(checkpoint_path)  # one clear CheckpointError for unreadable files and URLs
+    check_is_meta_learner_checkpoint(checkpoint, source)
+    if not isinstance(checkpoint.get("state_dict"), dict):
+        raise CheckpointError(
+            f"{source} has no state_dict (its weights); pass a .ckpt written by `l2l fit` or MetaLearner"
+        )
+    check_hyperparameters(checkpoint.get("hyper_parameters"), source, given=given)
+    try:
+        yield
+    except ArgumentError as error:
+        raise CheckpointError(
+            f"{source}: its hyper-parameters do not fit MetaLearner: {' '.join(str(error).split())[:300]}"
+        ) from error
+
+
+def build_meta_optimizer(factory: Any, params: Iterable[Tensor]) -> torch.optim.Optimizer:
+    """``factory(params)``, a bad setting of it (torch checks them here) as a ``ConfigError`` naming it."""
+    try:
+        return factory(params)
+    except ValueError as error:  # e.g. torch's "Invalid learning rate: -1.0"
+        raise ConfigError(f"MetaLearner: meta_optimizer: {error} (model.meta_optimizer.init_args)") from error

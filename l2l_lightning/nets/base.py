@@ -46,6 +46,7 @@ from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError, L2LError
 from l2l_lightning.nets.kernel import ChunkKernel
+from l2l_lightning.specs import make_spec, read_spec
 
 # The layout types are part of the net interface: importable from here too.
 from l2l_lightning.nets.layout import AverageOver, Layout, Segment, as_layout, owner_types
@@ -86,7 +87,7 @@ class LearnedOptimizerNet(nn.Module, ABC):
     @property
     def spec(self) -> dict[str, Any]:
         """``{"class_path", "init_args"}``: how checkpoints and exported files name this net."""
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": self.config}
+        return make_spec(type(self), self.config)
 
     @staticmethod
     def from_spec(
@@ -98,21 +99,20 @@ class LearnedOptimizerNet(nn.Module, ABC):
         and :class:`~l2l_lightning.errors.ConfigError` for specs a user wrote in a config.
         The class must be a :class:`LearnedOptimizerNet`.
         """
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("class_path"), str):
-            raise error(f"{source}: expected a net spec {{'class_path': ..., 'init_args': {{...}}}}, got {spec!r}")
+        class_path, init_args = read_spec(spec, source, error)
         try:
-            cls = import_class(spec["class_path"])
+            cls = import_class(class_path)
         except CheckpointError as failure:
             raise error(f"{source}: {failure}") from failure
         if not (isinstance(cls, type) and issubclass(cls, LearnedOptimizerNet)):
             raise error(
-                f"{source}: class_path {spec['class_path']!r} is not a learned-optimizer net; a net class must "
+                f"{source}: class_path {class_path!r} is not a learned-optimizer net; a net class must "
                 "subclass l2l_lightning.nets.LearnedOptimizerNet"
             )
         try:
-            return cls(**dict(spec.get("init_args") or {}))
+            return cls(**init_args)
         except (TypeError, ValueError) as failure:
-            raise error(f"{source}: cannot build {spec['class_path']} from its settings: {failure}") from failure
+            raise error(f"{source}: cannot build {class_path} from its settings: {failure}") from failure
 
     def init_state(
         self, layout: "Layout | int", device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None

@@ -81,7 +81,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
 from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError

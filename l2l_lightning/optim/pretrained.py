@@ -46,7 +46,8 @@ from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError
 from l2l_lightning.serialization import FORMAT, FORMAT_VERSION, NET_KEY, build_net, fingerprint, net_weights_from_checkpoint
-from l2l_lightning.safe_load import atomic_save, check_writable_target, load_plain
+from l2l_lightning.specs import make_spec, read_spec
+from l2l_lightning.safe_load import atomic_save, check_local, check_writable_target, load_plain
 
 #: Where shipped trained optimizers live (package data; see ``pyproject.toml``).
 PRETRAINED_DIR: Path = Path(__file__).resolve().parent.parent / "pretrained"
@@ -103,17 +104,18 @@ def _is_lightning_checkpoint(obj: Any) -> bool:
 
 def _net_from_lightning(obj: dict[str, Any], source: str) -> tuple[str, dict[str, Any], dict[str, Tensor]]:
     spec = obj.get(NET_KEY)
-    if not isinstance(spec, Mapping) or "class_path" not in spec or "init_args" not in spec:
+    if spec is None:
         hparams = obj.get("hyper_parameters")
         kind = hparams.get("_class_path") if isinstance(hparams, dict) else None
         raise CheckpointError(
             f"{source} is a Lightning checkpoint{f' of {kind}' if kind else ''} but not of l2l_lightning.MetaLearner "
             f"(it has no {NET_KEY!r} entry); expected a MetaLearner checkpoint or an exported learned optimizer"
         )
-    weights = net_weights_from_checkpoint(obj)
+    class_path, init_args = read_spec(spec, f"{source}: its {NET_KEY!r}")
+    weights = net_weights_from_checkpoint(obj) if isinstance(obj["state_dict"], Mapping) else {}
     if not weights:
         raise CheckpointError(f"{source}: the checkpoint's state_dict has no 'net.*' weights")
-    return spec["class_path"], dict(spec["init_args"]), weights
+    return class_path, init_args, weights
 
 
 def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
@@ -121,11 +123,9 @@ def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
 
     For a Lightning checkpoint the ``metadata`` is extracted as :func:`export` would.
     """
-    path = Path(path)
     source = str(path)
-    if not path.is_file():
-        raise CheckpointError(f"no such file: {path}")
-    obj = _torch_load(path)
+    obj = _torch_load(path)  # no such file, a folder, a URL, pickles: one clear error each
+    path = Path(path)
     if isinstance(obj, dict) and obj.get("format") == FORMAT:
         version = obj.get("format_version")
         if not isinstance(version, int) or version > FORMAT_VERSION:
@@ -135,14 +135,22 @@ def read(path: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
         missing = [k for k in ("class_path", "init_args", "state_dict") if k not in obj]
         if missing:
             raise CheckpointError(f"{source} is an exported learned optimizer but lacks {missing}")
+        read_spec(obj, source)
+        metadata = obj.get("metadata", {})
+        if not isinstance(metadata, Mapping) or not isinstance(metadata.get("fingerprint"), (str, type(None))):
+            raise CheckpointError(
+                f"{source}: its metadata must be a dict (with a string fingerprint, if any), got {metadata!r}"[:400]
+            )
+        if not isinstance(obj["state_dict"], Mapping):
+            kind = type(obj["state_dict"]).__name__
+            raise CheckpointError(f"{source}: its state_dict must be a dict of tensors, got a {kind}")
         return obj
     if _is_lightning_checkpoint(obj):
         class_path, init_args, weights = _net_from_lightning(obj, source)
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
-            "class_path": class_path,
-            "init_args": init_args,
+            **make_spec(class_path, init_args),
             "state_dict": weights,
             "metadata": _metadata_from_lightning(obj, path),
         }
@@ -173,8 +181,13 @@ def load_net(spec: NetSpec) -> nn.Module:
             f"checkpoint={spec!r}: expected a pretrained name, a path or a net (nn.Module), got {type(spec).__name__}"
         )
     path = _path_for(spec)
-    record = read(path)
-    return build_net(record["class_path"], record["init_args"], record["state_dict"], str(path))
+    return _build(read(path), str(path))
+
+
+def _build(record: Mapping[str, Any], source: str) -> nn.Module:
+    """The net of a record :func:`read` returned, its weights checked against the stored fingerprint."""
+    stored = record.get("metadata", {}).get("fingerprint")
+    return build_net(record["class_path"], record["init_args"], record["state_dict"], source, stored)
 
 
 def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
@@ -184,7 +197,7 @@ def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
     """
     path = _path_for(spec)
     record = read(path)
-    return {"class_path": record["class_path"], "init_args": record["init_args"], **record.get("metadata", {})}
+    return {**make_spec(record["class_path"], record["init_args"]), **record.get("metadata", {})}
 
 
 # --------------------------------------------------------------------------- export
@@ -216,10 +229,7 @@ def plain(value: Any, depth: int = 0) -> Any:
     cls = type(value)
     attrs = getattr(value, "__dict__", None)
     if isinstance(attrs, dict) and not callable(value):
-        return {
-            "class_path": f"{cls.__module__}.{cls.__qualname__}",
-            "init_args": {k: plain(v, depth + 1) for k, v in attrs.items() if not k.startswith("_")},
-        }
+        return make_spec(cls, {k: plain(v, depth + 1) for k, v in attrs.items() if not k.startswith("_")})
     return repr(value)
 
 
@@ -295,8 +305,13 @@ def export(
     check_writable_target(out_path)
     if out_path.exists() and not overwrite:
         raise CheckpointError(f"{out_path} exists; pass overwrite=True (--overwrite) to replace it")
+    if out_path.exists() and ckpt_path.exists() and os.path.samefile(out_path, ckpt_path):
+        raise CheckpointError(
+            f"{out_path} is the file being exported; writing the export over it would replace the checkpoint: "
+            "give another output name"
+        )
     record = read(ckpt_path)  # an exported file may be re-exported: its metadata is kept, then extended
-    net = build_net(record["class_path"], record["init_args"], record["state_dict"], str(ckpt_path))
+    net = _build(record, str(ckpt_path))
     meta = dict(record.get("metadata", {}))
     meta.update({k: plain(v) for k, v in metadata.items()})
     meta = plain(meta)  # metadata of an older export, or of a Lightning checkpoint, made plain once more
@@ -305,8 +320,7 @@ def export(
     out = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "class_path": record["class_path"],
-        "init_args": plain(record["init_args"]),
+        **make_spec(record["class_path"], plain(record["init_args"])),
         "state_dict": {k: v.detach().to("cpu").clone().contiguous() for k, v in net.state_dict().items()},
         "metadata": meta,
     }
@@ -329,6 +343,12 @@ def _check_round_trip(record: dict[str, Any], expected_fingerprint: str, source:
 
 def _path_for(spec: Union[str, "os.PathLike[str]"]) -> Path:
     """A bare name is a shipped optimizer, never a file; anything else is a path (see :func:`is_name`)."""
+    if not os.fspath(spec).strip():
+        raise CheckpointError(
+            f"checkpoint={spec!r} is empty; give a pretrained name ({', '.join(available()) or 'none installed'}), "
+            "an exported file or a MetaLearner .ckpt"
+        )
+    check_local(spec)
     return path_of(spec) if is_name(spec) else Path(spec)
 
 

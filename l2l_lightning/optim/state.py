@@ -33,6 +33,7 @@ from torch import Tensor
 from l2l_lightning.errors import CheckpointError, ConfigError, check_choice, check_nonnegative_float
 from l2l_lightning.optim import sharded
 from l2l_lightning.serialization import NET_KEY
+from l2l_lightning.specs import make_spec
 
 #: The per-parameter key of the net's state.
 NET_STATE = "net_state"
@@ -85,7 +86,7 @@ class Identity:
     fingerprint: str
 
     def as_entry(self) -> dict[str, Any]:
-        return {"class_path": self.spec["class_path"], "init_args": dict(self.spec["init_args"]), "fingerprint": self.fingerprint}
+        return {**make_spec(self.spec["class_path"], self.spec["init_args"]), "fingerprint": self.fingerprint}
 
 
 def encode(state_dict: dict[str, Any], identity: Identity, params: list[Tensor], dims: list[int]) -> dict[str, Any]:

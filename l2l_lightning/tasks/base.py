@@ -31,6 +31,7 @@ from l2l_lightning.torch_compat import tree_map
 from l2l_lightning.data.datasets import Split
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.layout import Layout
+from l2l_lightning.specs import make_spec
 
 
 
@@ -95,7 +96,7 @@ class Task(ABC):
                     "store it, or override Task.config"
                 )
             init_args[name] = getattr(self, name)
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
+        return make_spec(type(self), init_args)
 
 
 def _slices(params: dict[str, Tensor]) -> list[tuple[str, int, int, torch.Size]]:

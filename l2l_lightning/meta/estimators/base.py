@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from torch import Tensor
 
 from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.specs import make_spec
 from l2l_lightning.tasks.base import Problem
 
 if TYPE_CHECKING:
@@ -106,4 +107,4 @@ class OuterEstimator(ABC):
             for name, param in inspect.signature(type(self).__init__).parameters.items()
             if name != "self" and param.kind not in (param.VAR_POSITIONAL, param.VAR_KEYWORD)
         }
-        return {"class_path": f"{type(self).__module__}.{type(self).__qualname__}", "init_args": init_args}
+        return make_spec(type(self), init_args)
