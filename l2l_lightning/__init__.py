@@ -19,6 +19,8 @@ _EXPORTS: dict[str, str] = {
     "ConfigError": "l2l_lightning.errors",
     "CoordinatewiseLSTM": "l2l_lightning.nets",
     "DatasetError": "l2l_lightning.errors",
+    "FeatureLSTM": "l2l_lightning.nets",
+    "FeatureMLP": "l2l_lightning.nets",
     "GlobalAveragingLSTM": "l2l_lightning.nets",
     "L2LError": "l2l_lightning.errors",
     "Layout": "l2l_lightning.nets",
@@ -67,7 +69,9 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerl
     )
     from l2l_lightning.meta.module import MetaLearner
     from l2l_lightning.meta.unroll import evaluate_learned, unroll
-    from l2l_lightning.nets import CoordinatewiseLSTM, GlobalAveragingLSTM, Layout, LearnedOptimizerNet, RoutedNets, Segment
+    from l2l_lightning.nets import (
+        CoordinatewiseLSTM, FeatureLSTM, FeatureMLP, GlobalAveragingLSTM, Layout, LearnedOptimizerNet, RoutedNets, Segment,
+    )
     from l2l_lightning.optim.callback import LearnedOptimizerCallback
     from l2l_lightning.optim.learned import LearnedOptimizer
     from l2l_lightning.tasks import CIFAR10Task, MNISTTask, ModuleProblem, NeuralArtTask, Problem, QuadraticTask, Task

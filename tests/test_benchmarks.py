@@ -32,6 +32,12 @@ def test_step_overhead_runs(capsys):
     assert capsys.readouterr().out.strip() == out.strip()
 
 
+def test_feature_step_runs():
+    out = _load("feature_step").main(["--sizes", "2k", "--repeats", "1", "--threads", "1"])
+    row = [line for line in out.splitlines() if line.startswith("| 2k (")][0]
+    assert row.count("×") == 4 and "320 B" in row
+
+
 def test_meta_throughput_runs():
     out = _load("meta_throughput").main(
         ["--repeats", "1", "--threads", "1", "--quadratic-problems", "4", "--mlp", "12,5,3", "--stack", "1,2"]

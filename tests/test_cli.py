@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from l2l_lightning.cli import main
+from l2l_lightning.optim.pretrained import export, load_net
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = str(ROOT / "configs" / "quadratic.yaml")
@@ -50,6 +51,16 @@ def test_fit_runs_meta_steps_then_tests_the_best_checkpoint(tmp_path, capsys):
     checkpoint = torch.load(best, weights_only=True)  # plain data only: safe to load
     assert checkpoint["global_step"] == 3 and checkpoint["l2l_net"]["init_args"]["preprocess"] == "none"
     assert list(tmp_path.glob("quadratic/version_*/events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("net", ["l2l_lightning.FeatureMLP", "l2l_lightning.FeatureLSTM"])
+def test_feature_nets_meta_train_and_export_from_the_command_line(net, tmp_path):
+    run_cli(["--model.net", net, "--model.net.init_args.hidden_size", "4", "--model.val_problems", "1"], tmp_path)
+    last = next(tmp_path.glob("quadratic/version_*/checkpoints/last.ckpt"))
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["l2l_net"]["class_path"].endswith(net.rsplit(".", 1)[1])
+    loaded = load_net(str(export(last, tmp_path / "features.pt")))
+    assert type(loaded).__name__ == net.rsplit(".", 1)[1] and loaded.config["hidden_size"] == 4
 
 
 def test_unknown_config_key_is_named(tmp_path, capsys):

@@ -5,7 +5,7 @@ This is the heart of meta-training, read top to bottom::
     L_0 = f(θ_0)                                   θ_0 carried in, detached
     for k in 0 .. steps-1:
         ∇_k        = ∂L_k/∂θ_k                      detached unless second_derivatives
-        g_k, h     = m_φ(∇_k, h)
+        g_k, h     = m_φ(∇_k, h [, θ_k, k, L_k])   the extras only for nets that declare them
         θ_{k+1}    = θ_k + g_k
         L_{k+1}    = f(θ_{k+1})                    recorded: the loss *after* each update
 
@@ -14,7 +14,9 @@ the truncation's meta-loss and every update, the last one included, receives a
 meta-gradient.  ``L_0`` is left out because it does not depend on φ.
 
 The net sees the problem's :attr:`~l2l_lightning.tasks.Problem.layout` (which rows are
-which tensor of which optimizee): :func:`bind` ties the net to it once per drawn problem,
+which tensor of which optimizee): and a net that declares :attr:`~l2l_lightning.nets.LearnedOptimizerNet.inputs` is also given
+the parameters ``θ_k``, the inner step index ``k`` and the loss ``L_k`` (detached), nothing
+else.  :func:`bind` ties the net to the layout once per drawn problem,
 so nets that route tensors to separate nets (:class:`~l2l_lightning.nets.RoutedNets`) or
 average over them (:class:`~l2l_lightning.nets.GlobalAveragingLSTM`) work like the plain LSTM.
 
@@ -37,7 +39,8 @@ import torch
 from torch import Tensor
 from l2l_lightning.torch_compat import tree_map
 
-from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.base import LearnedOptimizerNet, StepInputs
+from l2l_lightning.nets.layout import Layout
 from l2l_lightning.tasks.base import Problem
 
 
@@ -92,7 +95,11 @@ def unroll(
         for k in range(steps):
             (grad,) = torch.autograd.grad(loss.sum(), theta, create_graph=create_graph, retain_graph=meta_grad)
             with torch.set_grad_enabled(meta_grad):
-                update, carried = net.forward_split(grad, carried, layout)
+                inputs = step_inputs(net, layout, theta, start_step + k, loss)
+                if inputs is None:
+                    update, carried = net.forward_split(grad, carried, layout)
+                else:
+                    update, carried = net.forward_split(grad, carried, layout, inputs=inputs)
                 if on_step is not None:
                     on_step(theta, grad, update)
                 theta = theta + update
@@ -103,6 +110,20 @@ def unroll(
         if steps:
             state = tree_map(lambda new, old: new.to(old.dtype), net.join_state(carried), state)
     return UnrollResult(torch.stack(losses), theta.detach(), tree_map(Tensor.detach, state))
+
+
+def step_inputs(
+    net: LearnedOptimizerNet, layout: Layout, theta: Tensor, step: int, loss: Tensor
+) -> Optional[StepInputs]:
+    """What ``net`` declared it reads at inner step ``step`` (``None`` for a net that reads only the gradient)."""
+    reads = net.inputs
+    if not reads.any:
+        return None
+    return StepInputs(
+        param=theta if reads.param else None,
+        step=torch.full((len(layout),), step, dtype=torch.int64, device=theta.device) if reads.step else None,
+        loss=loss.detach().reshape(-1) if reads.loss else None,
+    )
 
 
 def run_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> UnrollResult:

@@ -28,6 +28,23 @@ loading (and nothing else about a net is assumed anywhere):
   where a layout that cannot work (an unmatched route, a global average over a layout
   without optimizees) is refused, once, with a :class:`~l2l_lightning.errors.ConfigError`.
 
+**What a net may read besides the gradient, and per-tensor state** (all opt-in, so a net
+that needs none of it is called exactly as before and pays nothing):
+
+* :attr:`~LearnedOptimizerNet.inputs` (an :class:`Inputs`): which of the parameter's current
+  value, the step number and the loss the net reads.  Callers (the unroll, the deployment
+  runtime) build a :class:`StepInputs` with just those and pass it as ``inputs=`` to
+  ``forward`` / ``forward_split``; a net that declares nothing is never given the keyword.
+* :meth:`~LearnedOptimizerNet.tensor_state_shape`: the shape of a per-tensor state for one
+  segment (Adafactor's row and column accumulators, a tensor's norms), ``None`` (default)
+  for none.  A net with per-tensor state carries ``(coordinate_state, tensor_states)``: the
+  per-coordinate state as above, and a tuple with one tensor per segment of the layout;
+  a deployed optimizer keeps the latter beside the former for each parameter.
+* :attr:`~LearnedOptimizerNet.coordinatewise`: whether a coordinate's update depends on that
+  coordinate alone.  Nets that look across coordinates (averages, per-tensor statistics)
+  say ``False``, and are refused on sharded (FSDP2) parameters, whose tensors a rank
+  only sees part of.
+
 Optional fast paths with generic defaults: :meth:`~LearnedOptimizerNet.split_state` /
 :meth:`~LearnedOptimizerNet.forward_split` / :meth:`~LearnedOptimizerNet.join_state` let the
 unroll carry a state in a form that is cheaper to differentiate through (the LSTM carries
@@ -39,12 +56,13 @@ from __future__ import annotations
 
 import importlib
 from abc import ABC, abstractmethod
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, ClassVar, Mapping, Optional, Sequence
 
 import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import CheckpointError, L2LError
+from l2l_lightning.nets.inputs import Inputs, StepInputs
 from l2l_lightning.nets.kernel import ChunkKernel
 from l2l_lightning.specs import make_spec, read_spec
 
@@ -52,8 +70,8 @@ from l2l_lightning.specs import make_spec, read_spec
 from l2l_lightning.nets.layout import AverageOver, Layout, Segment, as_layout, owner_types
 
 __all__ = [
-    "AverageOver", "ChunkKernel", "Layout", "LearnedOptimizerNet", "RouteParts", "Segment", "as_layout",
-    "import_class", "owner_types",
+    "AverageOver", "ChunkKernel", "Inputs", "Layout", "LearnedOptimizerNet", "RouteParts", "Segment", "StepInputs",
+    "as_layout", "import_class", "owner_types",
 ]  # fmt: skip
 
 class LearnedOptimizerNet(nn.Module, ABC):
@@ -68,6 +86,10 @@ class LearnedOptimizerNet(nn.Module, ABC):
 
     #: The state dimension that indexes coordinates (``state_shape(n)[coordinate_dim] == n``).
     coordinate_dim: int = 0
+    #: What the net reads besides the gradient (default: nothing; see :class:`Inputs`).
+    inputs: ClassVar[Inputs] = Inputs()
+    #: Whether a coordinate's update depends on that coordinate alone (sharded parameters need it).
+    coordinatewise: ClassVar[bool] = True
 
     # ------------------------------------------------------------- the contract
     @abstractmethod
@@ -76,7 +98,10 @@ class LearnedOptimizerNet(nn.Module, ABC):
 
     @abstractmethod
     def forward(self, grad: Tensor, state: Any, layout: "Layout | int | None" = None) -> tuple[Tensor, Any]:
-        """One differentiable step: ``(update, new_state)`` for the flat ``grad`` (``θ ← θ + update``)."""
+        """One differentiable step: ``(update, new_state)`` for the flat ``grad`` (``θ ← θ + update``).
+
+        A net that declares :attr:`inputs` takes them as a keyword argument ``inputs`` (a :class:`StepInputs`).
+        """
 
     @property
     @abstractmethod
@@ -117,9 +142,35 @@ class LearnedOptimizerNet(nn.Module, ABC):
     def init_state(
         self, layout: "Layout | int", device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
     ) -> Any:
-        """The initial state for ``layout`` (zeros; a number of coordinates means a flat layout)."""
-        n = as_layout(layout).numel
-        return torch.zeros(self.state_shape(n), device=device, dtype=dtype or torch.float32)
+        """The initial state for ``layout`` (zeros; a number of coordinates means a flat layout).
+
+        With per-tensor state (:meth:`tensor_state_shape`): ``(coordinate_state, tensor_states)``.
+        """
+        layout = as_layout(layout)
+        coordinates = torch.zeros(self.state_shape(layout.numel), device=device, dtype=dtype or torch.float32)
+        if not self.has_tensor_state:
+            return coordinates
+        return coordinates, tuple(self.init_tensor_states(layout, device=device, dtype=dtype))
+
+    def tensor_state_shape(self, segment: Segment) -> Optional[tuple[int, ...]]:
+        """The shape of the per-tensor state of ``segment`` (``None``, the default: the net keeps none)."""
+        return None
+
+    @property
+    def has_tensor_state(self) -> bool:
+        """Whether the net keeps per-tensor state beside its per-coordinate state."""
+        return type(self).tensor_state_shape is not LearnedOptimizerNet.tensor_state_shape
+
+    def init_tensor_states(
+        self, layout: Layout, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
+    ) -> list[Tensor]:
+        """The initial per-tensor state of each segment (zeros; empty for a net without per-tensor state)."""
+        if not self.has_tensor_state:
+            return []
+        return [
+            torch.zeros(self.tensor_state_shape(segment) or (0,), device=device, dtype=dtype or torch.float32)
+            for segment in layout
+        ]
 
     def init_segment_states(
         self, layout: Layout, device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
@@ -159,9 +210,14 @@ class LearnedOptimizerNet(nn.Module, ABC):
         """Inverse of :meth:`split_state`."""
         return carried
 
-    def forward_split(self, grad: Tensor, carried: Any, layout: "Layout | int | None" = None) -> tuple[Tensor, Any]:
-        """:meth:`forward` on a carried state (see :meth:`split_state`); the unroll calls this."""
-        return self(grad, carried, layout)
+    def forward_split(
+        self, grad: Tensor, carried: Any, layout: "Layout | int | None" = None, inputs: Optional[StepInputs] = None
+    ) -> tuple[Tensor, Any]:
+        """:meth:`forward` on a carried state (see :meth:`split_state`); the unroll calls this.
+
+        ``inputs`` is given only to nets that declare :attr:`inputs`, and passed on to ``forward`` as ``inputs=``.
+        """
+        return self(grad, carried, layout) if inputs is None else self(grad, carried, layout, inputs=inputs)
 
     def chunk_kernel(self, dtype: torch.dtype, device: torch.device) -> Optional[ChunkKernel]:
         """This net's maths for one chunk of coordinates, for the chunked deployment runtime

@@ -52,6 +52,8 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
         The other arguments are :class:`~l2l_lightning.nets.CoordinatewiseLSTM`'s.
     """
 
+    coordinatewise = False  # the averaged cells read every coordinate of the group
+
     def __init__(
         self,
         hidden_size: int = 20,

@@ -22,6 +22,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
+from l2l_lightning.nets.inputs import StepInputs
 from l2l_lightning.nets.layout import Layout
 
 #: Where a chunk's rows come from: ``(segment index, start in the segment, row in the chunk, length)``
@@ -70,6 +71,25 @@ class ChunkKernel(ABC):
 
     def prepare(self, states: Sequence[Tensor], layout: Layout) -> None:
         """Called once per step before any chunk, with every state of the step (e.g. for global averages)."""
+
+    def prepare_step(
+        self,
+        grad: Tensor,
+        states: Sequence[Tensor],
+        tensor_states: Sequence[Tensor],
+        layout: Layout,
+        inputs: Optional[StepInputs],
+    ) -> list[Tensor]:
+        """Called once per step before any chunk, for a net that keeps per-tensor state or reads inputs.
+
+        The first of two passes (as PyLO's two kernels): whatever needs a whole tensor
+        (per-tensor statistics) is computed here, reading ``states`` without writing them;
+        ``inputs`` are the step's flat values the chunks then read by row (:data:`Rows`).
+        Returns the new per-tensor states (one per segment, in ``tensor_states``' shapes): the
+        runtime writes them after the chunks, only where the step is kept, and as zeros for a
+        tensor whose update came out non-finite.
+        """
+        return []
 
     def functional(self) -> Optional[PureForm]:
         """The same maths as ``__call__`` as a pure function, for ``torch.compile``; ``None`` if not compilable."""

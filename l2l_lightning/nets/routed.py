@@ -85,6 +85,12 @@ class RoutedNets(LearnedOptimizerNet):
                     f"RoutedNets: route {name!r} needs a non-empty list of pattern strings, got {patterns!r}"
                 )
         self.nets = nn.ModuleDict({name: _build(name, spec) for name, spec in nets.items()})
+        for name, net in self.nets.items():
+            if net.inputs.any or net.has_tensor_state:
+                raise ConfigError(
+                    f"RoutedNets: net {name!r} ({type(net).__name__}) reads inputs besides the gradient or keeps "
+                    "per-tensor state; routing such nets is not supported yet: use it alone"
+                )
         self.routes = {name: list(routes[name]) for name in nets}
 
     @property

@@ -49,6 +49,9 @@ Why each choice:
   :class:`SkippedStepWarning` is issued by a later ``step()`` (or ``state_dict()``) once
   the flag has reached the host through a non-blocking copy.  On CPU everything is
   decided at once and ``"step"`` is an ``int``.
+* **What a net reads besides the gradient** (the parameters, their step counts, the loss:
+  :mod:`~l2l_lightning.optim.inputs`) is built only for nets that declare it; a net's
+  per-tensor state is kept beside the net state (``"tensor_state"``), written only on kept steps.
 * **``lr`` multiplies the net's output**, so every ``torch.optim.lr_scheduler`` works.
 * **The net is copied and frozen** at construction (the optimizer owns it), and
   moved lazily to each parameter's device; one copy per ``(device, dtype)``, cached.
@@ -75,7 +78,6 @@ from __future__ import annotations
 
 import copy
 import os
-import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
@@ -88,18 +90,18 @@ from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradie
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.layout import Layout, Segment
 from l2l_lightning.optim import sharded
+from l2l_lightning.optim.inputs import bucket_inputs, step_loss
 from l2l_lightning.optim.pretrained import load_net
+from l2l_lightning.optim.skipped import SkippedStepWarning, warn_skipped
 from l2l_lightning.optim.routing import GroupRouting, NamedModules, param_routes
-from l2l_lightning.optim.runtime import StepOptions, check_step_options, intra_op_threads, not_traced, step_inplace
+from l2l_lightning.optim.runtime import (
+    StepOptions, check_step_options, intra_op_threads, not_traced, step_inplace,
+)  # fmt: skip
 from l2l_lightning.optim.state import (
-    NET_STATE, STATE_DTYPES, STEP, Identity, check_group_lrs, check_lr, decode, encode, state_dtype_name,
+    NET_STATE, STATE_DTYPES, STEP, TENSOR_STATE, Identity, check_group_lrs, check_lr, decode, encode, state_dtype_name,
 )
 from l2l_lightning.serialization import fingerprint, net_spec
 from l2l_lightning.torch_compat import foreach_add_
-
-
-class SkippedStepWarning(UserWarning):
-    """``LearnedOptimizer.step`` skipped a step (non-finite gradients or updates); nothing changed."""
 
 
 @dataclass
@@ -112,25 +114,7 @@ class _Bucket:
     grad: Tensor  #: all their gradients, flattened and concatenated
     net: LearnedOptimizerNet  #: the net on their device and dtype, bound to ``layout``
     states: list[Tensor] = field(default_factory=list)  #: their states, in ``params`` order (filled late)
-
-
-def _warn_skipped(reason: str, deferred: bool = False) -> None:
-    if reason == "grad":
-        message = (
-            "LearnedOptimizer: non-finite gradient (NaN/Inf); the step was skipped for all parameters "
-            "and no optimizer state advanced"
-        )
-    else:
-        message = (
-            "LearnedOptimizer: the net produced a non-finite update from finite gradients; the step was "
-            "skipped for all parameters (none changed), and the LSTM states of the coordinates with a "
-            "non-finite update were reset to zeros"
-        )
-    if deferred:
-        message += " (reported by a later call: on this device the check runs without a host sync)"
-    # to the caller of step(): past this helper, _step_checked or _report_skipped, step,
-    # no_grad's wrapper and torch's step wrapper
-    warnings.warn(message, SkippedStepWarning, stacklevel=6)
+    tensor_states: list[Tensor] = field(default_factory=list)  #: their per-tensor states, for nets that keep them
 
 
 class LearnedOptimizer(Optimizer):
@@ -145,7 +129,7 @@ class LearnedOptimizer(Optimizer):
             a file (``"./quadratic"`` is); see :func:`l2l_lightning.optim.pretrained.load_net`.
         lr: multiplies the net's update (``θ ← θ + lr · update``); 1.0 reproduces the
             trained behaviour.  Per group, and what LR schedulers change.
-        state_dtype: dtype of the per-coordinate LSTM state, per group: ``"float32"``
+        state_dtype: dtype of the net state (and per-tensor state), per group: ``"float32"``
             (default) or ``"bfloat16"`` (half the memory; the state is rounded after each step).
         chunk_size: coordinates per chunk of the step (default: 8192 on CPU, 2**18 on CUDA,
             see :data:`~l2l_lightning.optim.runtime.DEFAULT_CHUNK_SIZE`); bounds the step's
@@ -247,7 +231,7 @@ class LearnedOptimizer(Optimizer):
 
     def _net_for(self, device: torch.device, grad_dtype: torch.dtype) -> LearnedOptimizerNet:
         """The net on ``device``, in float64 for float64 gradients, else in its own dtype (cached)."""
-        dtype = torch.promote_types(grad_dtype, next(self._net.parameters()).dtype)
+        dtype = self._net.compute_dtype(grad_dtype)  # a net without weights: the gradient's
         key = (device, dtype)
         net = self._nets.get(key)
         if net is None:
@@ -316,13 +300,30 @@ class LearnedOptimizer(Optimizer):
                 state = state.to(device=p.grad.device, dtype=state_dtype, memory_format=torch.contiguous_format)
             entry[NET_STATE] = state
             bucket.states.append(state)
+            if bucket.net.has_tensor_state:
+                entry[TENSOR_STATE] = self._tensor_state(entry.get(TENSOR_STATE), segment, p.grad.device, state_dtype)
+                bucket.tensor_states.append(entry[TENSOR_STATE])
 
-    def _run(self, bucket: _Bucket, keep: Optional[Tensor] = None, threads: Optional[int] = None) -> Tensor:
+    def _tensor_state(self, state: Optional[Tensor], segment: Segment, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """A parameter's per-tensor state: the net's initial one, or the stored one on its device and in its dtype."""
+        if state is None:
+            alone = Layout([segment])
+            return self._net.bind(alone).init_tensor_states(alone, device=device, dtype=dtype)[0]
+        return state.to(device=device, dtype=dtype, memory_format=torch.contiguous_format)
+
+    def _run(
+        self, bucket: _Bucket, loss: Optional[Tensor], keep: Optional[Tensor] = None, threads: Optional[int] = None
+    ) -> Tensor:
         device = bucket.grad.device
         compile = self._compile is True or (self._compile == "auto" and device.type == "cuda")
         fused = None if self._fused == "auto" else self._fused
         options = StepOptions(chunk_size=self._chunk_size, compile=compile, threads=threads, fused=fused)
-        return step_inplace(bucket.net, bucket.grad, bucket.states, bucket.layout, keep=keep, options=options)
+        steps = [self.state[p].get(STEP, 0) for p in bucket.params]
+        inputs = bucket_inputs(bucket.net, bucket.params, steps, loss, device)
+        return step_inplace(
+            bucket.net, bucket.grad, bucket.states, bucket.layout, keep=keep, options=options,
+            tensor_states=bucket.tensor_states, inputs=inputs,
+        )  # fmt: skip
 
     @staticmethod
     def _apply(bucket: _Bucket, update: Tensor) -> None:
@@ -350,12 +351,16 @@ class LearnedOptimizer(Optimizer):
 
     @not_traced
     @torch.no_grad()
-    def step(self, closure: Optional[Callable[[], Any]] = None) -> Any:
+    def step(self, closure: Optional[Callable[[], Any]] = None, *, loss: Any = None) -> Any:
         """One optimization step over every parameter that has a gradient.
 
         Args:
             closure: re-evaluates the model and returns the loss (run with grad enabled),
                 as in torch's optimizer contract; its return value is returned.
+            loss: the loss at the current parameters, for a net that reads it, when there is no
+                closure (as PyLO's ``opt.step(loss)``); returned.  A net that reads the loss,
+                stepped with neither, raises :class:`~l2l_lightning.errors.ConfigError` before
+                anything changes (:mod:`l2l_lightning.optim.inputs`).
 
         Parameters without a gradient are skipped and keep their state.  If any gradient
         is NaN/Inf, no parameter and no state changes and a :class:`SkippedStepWarning`
@@ -363,10 +368,10 @@ class LearnedOptimizer(Optimizer):
         docstring for what happens to the states).  On CUDA the warning comes from a later
         call, since the decision is taken on the device without a host synchronisation.
         """
-        loss = None
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        net_loss = step_loss(self._net, loss)
         self._report_skipped(block=False)
         check_group_lrs(self.param_groups)
         threads = torch.get_num_threads()
@@ -377,37 +382,37 @@ class LearnedOptimizer(Optimizer):
             if not buckets:
                 return loss
             if self._is_sync_free(buckets):
-                self._step_sync_free(buckets)
+                self._step_sync_free(buckets, net_loss)
             else:
-                self._step_checked(buckets, threads)
+                self._step_checked(buckets, net_loss, threads)
         return loss
 
-    def _step_checked(self, buckets: list[_Bucket], threads: int) -> None:
+    def _step_checked(self, buckets: list[_Bucket], loss: Optional[Tensor], threads: int) -> None:
         """The step with host-side checks (CPU): skip at once, warn at once."""
         if not all(bool(torch.isfinite(b.grad).all()) for b in buckets):
-            _warn_skipped("grad")
+            warn_skipped("grad")
             return
         for bucket in buckets:
             self._prepare_states(bucket)
-        updates = [self._run(bucket, threads=threads) for bucket in buckets]
+        updates = [self._run(bucket, loss, threads=threads) for bucket in buckets]
         if all(bool(torch.isfinite(update).all()) for update in updates):
             # Everything is computed and checked: only now write parameters.
             for bucket, update in zip(buckets, updates):
                 self._apply(bucket, update)
         else:
-            _warn_skipped("update")
+            warn_skipped("update")
         for bucket in buckets:
             for p in bucket.params:
                 entry = self.state[p]
                 entry[STEP] = int(entry.get(STEP, 0)) + 1
 
-    def _step_sync_free(self, buckets: list[_Bucket]) -> None:
+    def _step_sync_free(self, buckets: list[_Bucket], loss: Optional[Tensor]) -> None:
         """The step with every decision on the device (CUDA): no ``.item()``, no ``bool(tensor)``."""
         device = buckets[0].grad.device
         grads_ok = torch.stack([torch.isfinite(b.grad).all() for b in buckets]).all()
         for bucket in buckets:
             self._prepare_states(bucket)
-        updates = [self._run(bucket, keep=grads_ok) for bucket in buckets]
+        updates = [self._run(bucket, loss, keep=grads_ok) for bucket in buckets]
         updates_ok = torch.stack([torch.isfinite(u).all() for u in updates]).all()
         skip = ~(grads_ok & updates_ok)
         for bucket, update in zip(buckets, updates):
@@ -445,9 +450,9 @@ class LearnedOptimizer(Optimizer):
             self._pending.pop(0)
             grads_ok, updates_ok = host.tolist()
             if not grads_ok:
-                _warn_skipped("grad", deferred=True)
+                warn_skipped("grad", deferred=True)
             elif not updates_ok:
-                _warn_skipped("update", deferred=True)
+                warn_skipped("update", deferred=True)
 
     # ------------------------------------------------------------ state dicts
     def state_dict(self) -> dict[str, Any]:
@@ -481,10 +486,10 @@ class LearnedOptimizer(Optimizer):
         (:mod:`l2l_lightning.optim.state`).
         """
         params, dims = self._params_and_coordinate_dims()
-        shapes = [shape for group in self.param_groups for shape in self._routing.segment_state_shapes(group)]
-        plain, net_states = decode(state_dict, self._identity, self.param_groups, shapes, dims, strict)
+        shapes = [shape for group in self.param_groups for shape in self._routing.state_shapes(group)]
+        plain, restored = decode(state_dict, self._identity, self.param_groups, shapes, dims, strict)
         saved_ids = [i for group in plain["param_groups"] for i in group["params"]]
         super().load_state_dict(plain)
         for saved_id, p in zip(saved_ids, params):
-            if saved_id in net_states:
-                self.state[p][NET_STATE] = net_states[saved_id].to(device=p.device)
+            for key, value in restored.get(saved_id, {}).items():
+                self.state[p][key] = value.to(device=p.device)

@@ -92,10 +92,11 @@ class GroupRouting:
             # with the module, a pattern may match parameters that other optimizers (or later groups) step
             self.net.routes_of(given, whole=Layout.of_module(self.module) if self.module is not None else None)
 
-    def segment_state_shapes(self, group: ParamGroup) -> list[tuple[int, ...]]:
-        """The state shape of each parameter of ``group``, as its net defines it."""
+    def state_shapes(self, group: ParamGroup) -> list[tuple[tuple[int, ...], Optional[tuple[int, ...]]]]:
+        """The net state shape and the per-tensor state shape (``None``: none) of each parameter of ``group``."""
         layout = self.layout(group, named=False)
-        return self.net.bind(layout).segment_state_shapes(layout)
+        net = self.net.bind(layout)
+        return list(zip(net.segment_state_shapes(layout), [net.tensor_state_shape(s) for s in layout]))
 
     def _names_of(self, group: ParamGroup) -> tuple[list[str], dict[str, tuple[str, ...]]]:
         """Each parameter's name (from ``module``, else the group's ``param_names``) and owner types."""

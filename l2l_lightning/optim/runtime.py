@@ -25,9 +25,13 @@ between ``optim`` and ``nets`` once each way.
 * **Fused.**  Where a kernel offers a single-kernel step for the device (the LSTM's Triton
   kernel on CUDA, :mod:`l2l_lightning.nets.lstm_triton`), that runs instead of the chunks
   (``StepOptions.fused``: by default wherever it is available).
+* **Per-tensor state and inputs.**  For a net that keeps per-tensor state or reads the
+  parameter, the step number or the loss, the kernel's :meth:`~l2l_lightning.nets.kernel.ChunkKernel.prepare_step`
+  runs first over whole tensors (per-tensor statistics: the first of two passes), then the
+  chunks; the new per-tensor states are written after the chunks, where the step is kept.
 * **Non-finite updates.**  A coordinate whose update comes out NaN/Inf gets a zero
   state, so one diverged coordinate cannot poison later steps; its update is left
-  non-finite for the caller to see.  With ``keep`` (a 0-d device bool), states are
+  non-finite for the caller to see.  A tensor with a non-finite update gets a zero per-tensor state.  With ``keep`` (a 0-d device bool), states are
   only written where it is true, decided without a host synchronisation.
 
 A net offers its kernel through :meth:`~l2l_lightning.nets.LearnedOptimizerNet.chunk_kernel`.
@@ -47,7 +51,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
-from l2l_lightning.nets.base import LearnedOptimizerNet
+from l2l_lightning.nets.base import LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.kernel import ChunkKernel, FusedStepUnavailable, Rows
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
 
@@ -169,6 +173,8 @@ def step_inplace(
     out: Optional[Tensor] = None,
     keep: Optional[Tensor] = None,
     options: Optional[StepOptions] = None,
+    tensor_states: Sequence[Tensor] = (),
+    inputs: Optional[StepInputs] = None,
 ) -> Tensor:
     """The deployment step of ``net``: ``states`` (one per segment of ``layout``) advance in place.
 
@@ -181,13 +187,51 @@ def step_inplace(
         keep: optional 0-d bool tensor on the device; where it is ``False`` no state
             changes, decided on the device without a host synchronisation.
         options: how the step runs (chunk size, compile, threads, fused); not what it computes.
+        tensor_states: for a net with per-tensor state, one per segment (advanced in place too).
+        inputs: what the net declared it reads (:attr:`~l2l_lightning.nets.LearnedOptimizerNet.inputs`).
 
     Returns the flat update.  Coordinates whose update is non-finite get a zero state
     (a fresh start where the net diverged; the update is left non-finite for the caller
     to see).
     """
     states, layout = _checked(net, grad, states, layout)
-    return _dispatch(net, grad, states, layout, out, keep, options or StepOptions())
+    tensor_states = list(tensor_states)
+    if net.has_tensor_state:
+        shapes = [net.tensor_state_shape(segment) for segment in layout]
+        if [tuple(t.shape) for t in tensor_states] != [tuple(shape or ()) for shape in shapes]:
+            raise ValueError(
+                f"{type(net).__name__} keeps per-tensor state: give one per segment, shaped {shapes} "
+                "(net.init_tensor_states(layout))"
+            )
+    if net.inputs.any and inputs is None:
+        raise ValueError(f"{type(net).__name__} reads {net.inputs}; pass them as inputs=StepInputs(...)")
+    extra = _Extra(tensor_states, inputs if net.inputs.any else None)
+    return _dispatch(net, grad, states, layout, out, keep, options or StepOptions(), extra)
+
+
+@dataclass(frozen=True)
+class _Extra:
+    """What a net reads or keeps besides the gradient and per-coordinate states (empty for the paper's nets)."""
+
+    tensor_states: list[Tensor]
+    inputs: Optional[StepInputs]
+
+    @property
+    def any(self) -> bool:
+        return bool(self.tensor_states) or self.inputs is not None
+
+
+_NONE = _Extra([], None)
+
+
+def _write_tensor_states(
+    tensor_states: Sequence[Tensor], new: Sequence[Tensor], update: Tensor, layout: Layout, keep: Optional[Tensor]
+) -> None:
+    """The new per-tensor states, written where the step is kept; zeros for a tensor whose update is not finite
+    (as the per-coordinate states of diverged coordinates).  Decided on the device: no host synchronisation."""
+    for old, fresh, u in zip(tensor_states, new, update.split(layout.sizes)):
+        fresh = fresh.to(old.dtype).masked_fill(~torch.isfinite(u).all(), 0)
+        old.copy_(fresh if keep is None else torch.where(keep, fresh, old))
 
 
 def _checked(
@@ -226,10 +270,11 @@ def _dispatch(
     out: Optional[Tensor],
     keep: Optional[Tensor],
     options: StepOptions,
+    extra: _Extra = _NONE,
 ) -> Tensor:
     """Route by route, then fused or chunked where the net has a kernel, else one ``forward``."""
     routes = net.route_parts()
-    if routes is not None:
+    if routes is not None:  # RoutedNets refuses member nets with inputs or per-tensor state: nothing extra here
         updates = [
             _dispatch(sub, route_grad, [states[m] for m in members], sub_layout, None, keep, options)
             for (sub, members, sub_layout), route_grad in zip(routes.parts, routes.split(grad))
@@ -238,9 +283,18 @@ def _dispatch(
         return update if out is None else out.copy_(update)
     kernel = net.chunk_kernel(net.compute_dtype(grad.dtype), grad.device)
     if kernel is not None:
-        return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options)
+        return step_chunked(kernel, grad, states, layout, out=out, keep=keep, options=options, extra=extra)
     dim = net.coordinate_dim
-    update, new_state = net(grad, torch.cat(states, dim=dim), layout)
+    state: Any = torch.cat(states, dim=dim)
+    if net.has_tensor_state:
+        state = (state, tuple(extra.tensor_states))
+    if extra.inputs is None:
+        update, new_state = net(grad, state, layout)
+    else:
+        update, new_state = net(grad, state, layout, inputs=extra.inputs)
+    if net.has_tensor_state:
+        new_state, new_tensor_states = new_state
+        _write_tensor_states(extra.tensor_states, new_tensor_states, update, layout, keep)
     shape = [1] * new_state.dim()
     shape[dim] = -1
     new_state = new_state.masked_fill(~torch.isfinite(update).view(shape), 0)
@@ -261,10 +315,13 @@ def step_chunked(
     out: Optional[Tensor] = None,
     keep: Optional[Tensor] = None,
     options: Optional[StepOptions] = None,
+    extra: _Extra = _NONE,
 ) -> Tensor:
     """Run ``kernel`` over the flat ``grad`` and per-segment ``states`` (advanced in place).
 
-    Returns ``out`` (allocated if ``None``): the flat update in ``grad``'s dtype.
+    Returns ``out`` (allocated if ``None``): the flat update in ``grad``'s dtype.  With ``extra``
+    (per-tensor states, inputs), :meth:`~l2l_lightning.nets.kernel.ChunkKernel.prepare_step` runs
+    before the chunks and the per-tensor states it returns are written after them.
     """
     options = options or StepOptions()
     device = grad.device
@@ -273,10 +330,28 @@ def step_chunked(
         out = torch.empty_like(grad)
     elif out.shape != grad.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}, expected {tuple(grad.shape)}")
-    if grad.shape[0] == 0 or _stepped_fused(kernel, grad, states, out, keep, options):
+    if grad.shape[0] == 0 or (not extra.any and _stepped_fused(kernel, grad, states, out, keep, options)):
         return out
     rows = min(chunk_size, grad.shape[0])
     kernel.prepare(states, layout)
+    new_tensor_states = kernel.prepare_step(grad, states, extra.tensor_states, layout, extra.inputs) if extra.any else []
+    _run_chunks(kernel, grad, states, out, keep, options, rows)
+    if extra.tensor_states:
+        _write_tensor_states(extra.tensor_states, new_tensor_states, out, layout, keep)
+    return out
+
+
+def _run_chunks(
+    kernel: ChunkKernel,
+    grad: Tensor,
+    states: Sequence[Tensor],
+    out: Tensor,
+    keep: Optional[Tensor],
+    options: StepOptions,
+    rows: int,
+) -> None:
+    """The chunks of one step: in order on GPUs and when compiled, shared over threads on CPU."""
+    device = grad.device
     runner = _compiled_runner(kernel) if options.compile and kernel.functional() is not None else None
     chunks = _Chunks(kernel, grad, out, keep, runner)
     tasks = chunks.plan(states, rows, direct_ok=keep is None and runner is None)
@@ -284,10 +359,9 @@ def step_chunked(
         work = _Workspace(kernel, rows, device, zero=runner is not None)
         for fn, *args in tasks:
             fn(work, *args)
-        return out
+        return
     threads = options.threads or torch.get_num_threads()
     _run_chunks_in_threads(tasks, lambda: _Workspace(kernel, rows, device), threads)
-    return out
 
 
 def _stepped_fused(

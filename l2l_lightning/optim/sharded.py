@@ -7,9 +7,11 @@ coordinates; nothing needs communicating, and the result equals the single-proce
 coordinate for coordinate.  What this module provides to :class:`~l2l_lightning.LearnedOptimizer`:
 
 * :func:`local` — the local shard of a parameter or gradient (the tensor itself if not a DTensor);
-* :func:`refuse_unsupported` — nets that look *across* coordinates (LSTM+GAC averages cells
-  over all of an optimizee's coordinates) would average over one shard only and silently
-  differ from the unsharded run, so they are refused when a parameter is a DTensor;
+* :func:`refuse_unsupported` — nets that look *across* coordinates (``coordinatewise = False``:
+  LSTM+GAC averages cells over all of an optimizee's coordinates, FeatureMLP keeps per-tensor
+  statistics) would see one shard only and silently differ from the unsharded run, so they
+  are refused when a parameter is a DTensor (an all-reduce per tensor statistic would be the
+  alternative; a refusal is exact and costs nothing);
 * :func:`states_to_dcp` / :func:`state_from_dcp` — the state dict as
   ``torch.distributed.checkpoint`` (DCP) needs it.  ``get_optimizer_state_dict`` passes
   per-parameter state through, and DCP saves a plain tensor once (from one rank, as if it were
@@ -66,7 +68,7 @@ def refuse_unsupported(net: nn.Module, params: Iterable[Any]) -> None:
     * DeepSpeed ZeRO-3 parameters (marked ``ds_id``): DeepSpeed partitions optimizer state by
       parameter shape.  Other DeepSpeed stages replace the parameters after the optimizer is
       built and cannot be recognised from inside it (``LearnedOptimizerCallback`` refuses the strategy).
-    * DTensor parameters (FSDP2) with a net that looks across coordinates (LSTM+GAC).
+    * DTensor parameters (FSDP2) with a net that is not coordinatewise (LSTM+GAC, FeatureMLP).
     """
     params = [p[1] if isinstance(p, tuple) else p for p in params]
     if any(getattr(p, "_fsdp_flattened", False) for p in params):
@@ -85,15 +87,15 @@ def refuse_unsupported(net: nn.Module, params: Iterable[Any]) -> None:
         )
     if not any(is_sharded(p) for p in params):
         return
-    from l2l_lightning.nets.gac import GlobalAveragingLSTM
-
-    across = [type(m).__name__ for m in net.modules() if isinstance(m, GlobalAveragingLSTM)]
+    across = [type(m).__name__ for m in net.modules() if getattr(m, "coordinatewise", True) is False]
     if across:
         raise ConfigError(
             f"LearnedOptimizer: the parameters are sharded (DTensor, e.g. FSDP2 fully_shard), but the net "
-            f"contains {across[0]}, which averages cells over all coordinates of an optimizee; on a shard it "
-            "would average over that shard only and step differently from an unsharded run. Use a "
-            "coordinatewise net (CoordinatewiseLSTM), or train without sharding (single device or DDP)."
+            f"contains {across[0]}, which is not coordinatewise (it averages or keeps statistics over whole "
+            "tensors or optimizees, e.g. LSTM+GAC's averaged cells or FeatureMLP's per-tensor Adafactor "
+            "statistics and normalisation); on a shard it would see that shard only and step differently from "
+            "an unsharded run. Use a coordinatewise net (CoordinatewiseLSTM), or train without sharding "
+            "(single device or DDP)."
         )
 
 

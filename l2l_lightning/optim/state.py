@@ -6,6 +6,9 @@ Per parameter (``self.state[p]``) the optimizer keeps:
   ``state_dtype`` (``(num_layers, 2, p.numel(), hidden)`` for the LSTM).  Format 1 (up to
   0.x, every net) called it ``"lstm"``: :data:`LEGACY_NET_STATE` keys are renamed on load, so
   state dicts of earlier versions load unchanged.
+* :data:`TENSOR_STATE` (``"tensor_state"``): for a net with per-tensor state, this parameter's
+  (Adafactor's row and column accumulators of :class:`~l2l_lightning.nets.FeatureMLP`), in the
+  group's ``state_dtype``; checked on load against the shape the net gives for the parameter.
 * :data:`STEP` (``"step"``): how many times the net has stepped this parameter's state: an
   ``int`` on CPU, a 0-d int64 tensor on the parameter's device on GPUs.
 
@@ -39,6 +42,8 @@ from l2l_lightning.specs import make_spec
 NET_STATE = "net_state"
 #: Earlier names of :data:`NET_STATE` (format 1: ``"lstm"`` for every net), renamed on load.
 LEGACY_NET_STATE = ("lstm",)
+#: The per-parameter key of a net's per-tensor state.
+TENSOR_STATE = "tensor_state"
 #: The per-parameter key of the step count.
 STEP = "step"
 #: State dtypes a parameter group may ask for (by name, so state dicts stay plain).
@@ -98,13 +103,13 @@ def decode(
     state_dict: dict[str, Any],
     identity: Identity,
     groups: list[dict[str, Any]],
-    shapes: list[tuple[int, ...]],
+    shapes: list[tuple[tuple[int, ...], Optional[tuple[int, ...]]]],
     dims: list[int],
     strict: bool,
-) -> tuple[dict[str, Any], dict[Any, Tensor]]:
-    """Check ``state_dict`` against the optimizer (its ``groups``, each parameter's state shape and
-    coordinate dim) and split it: ``(torch's part, {saved id: net state})``.  Raises
-    :class:`CheckpointError` naming the first field that cannot be restored."""
+) -> tuple[dict[str, Any], dict[Any, dict[str, Tensor]]]:
+    """Check ``state_dict`` against the optimizer (its ``groups``, each parameter's net and per-tensor
+    state shapes and coordinate dim) and split it: ``(torch's part, {saved id: {key: net or per-tensor
+    state}})``.  Raises :class:`CheckpointError` naming the first field that cannot be restored."""
     params = [p for group in groups for p in group["params"]]
     if not isinstance(state_dict, dict) or not isinstance(state_dict.get("param_groups"), list):
         raise CheckpointError(f"LearnedOptimizer.load_state_dict: expected a state dict, got {type(state_dict).__name__}")
@@ -116,17 +121,15 @@ def decode(
     _check_net(state_dict.get(NET_KEY), state_dict, identity, strict)
     saved_ids = _check_groups(state_dict["param_groups"], groups)
     entries = state_dict["state"]
-    net_states: dict[Any, Tensor] = {}
+    restored: dict[Any, dict[str, Tensor]] = {}
     plain: dict[Any, Any] = {k: v for k, v in entries.items() if k not in set(saved_ids)}
     for index, (saved_id, p, expected) in enumerate(zip(saved_ids, params, shapes)):
         entry = entries.get(saved_id)
         if entry is None:
             continue
-        net_state = _check_entry(entry, index, p, tuple(expected))
-        plain[saved_id] = {k: v for k, v in entry.items() if k != NET_STATE}
-        if net_state is not None:
-            net_states[saved_id] = net_state
-    return {**state_dict, "state": plain}, net_states
+        restored[saved_id] = _check_entry(entry, index, p, expected)
+        plain[saved_id] = {k: v for k, v in entry.items() if k not in (NET_STATE, TENSOR_STATE)}
+    return {**state_dict, "state": plain}, restored
 
 
 def _renamed_legacy_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -199,27 +202,36 @@ def _check_groups(saved_groups: list[Any], groups: list[dict[str, Any]]) -> list
     return saved_ids
 
 
-def _check_entry(entry: Any, index: int, p: Tensor, expected: tuple[int, ...]) -> Optional[Tensor]:
-    """Check one parameter's saved state (keys, step, net state); its net state, if any."""
+def _check_entry(
+    entry: Any, index: int, p: Tensor, expected: tuple[tuple[int, ...], Optional[tuple[int, ...]]]
+) -> dict[str, Tensor]:
+    """Check one parameter's saved state (keys, step, net and per-tensor state); its states to restore."""
     where = f"LearnedOptimizer.load_state_dict: parameter #{index} ({p.numel()} elements)"
     if not isinstance(entry, dict):
         raise CheckpointError(f"{where} has a state of type {type(entry).__name__}, expected a dict")
-    unknown = sorted(set(entry) - {NET_STATE, STEP}, key=str)
+    allowed = {NET_STATE, STEP} | ({TENSOR_STATE} if expected[1] is not None else set())
+    unknown = sorted(set(entry) - allowed, key=str)
     if unknown:
-        raise CheckpointError(f"{where} has unexpected state keys {unknown}; expected {NET_STATE!r} and {STEP!r}")
+        raise CheckpointError(f"{where} has unexpected state keys {unknown}; expected {sorted(allowed)}")
     step = entry.get(STEP, 0)
     if isinstance(step, Tensor):
         if step.dim() != 0 or step.dtype.is_floating_point or step.dtype == torch.bool:
             raise CheckpointError(f"{where} has step={step!r}; expected a non-negative integer (or a 0-d integer tensor)")
     elif isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise CheckpointError(f"{where} has step={step!r}; expected a non-negative integer")
-    net_state = entry.get(NET_STATE)
-    if net_state is None:
-        return None
-    if not isinstance(net_state, Tensor) or not net_state.is_floating_point() or tuple(net_state.shape) != expected:
-        got = f"shape {tuple(net_state.shape)} and dtype {net_state.dtype}" if isinstance(net_state, Tensor) else type(net_state).__name__
-        raise CheckpointError(
-            f"{where} has a saved net state of {got}, expected a floating-point tensor of shape {expected}: "
-            "the state dict belongs to another model or net"
-        )
-    return net_state
+    if expected[1] is not None and (NET_STATE in entry) != (TENSOR_STATE in entry):
+        raise CheckpointError(f"{where} has only one of {NET_STATE!r} and {TENSOR_STATE!r}; the net keeps both")
+    restored = {}
+    for key, shape in zip((NET_STATE, TENSOR_STATE), expected):
+        state = entry.get(key)
+        if state is None:
+            continue
+        if not isinstance(state, Tensor) or not state.is_floating_point() or tuple(state.shape) != tuple(shape):
+            got = f"shape {tuple(state.shape)} and dtype {state.dtype}" if isinstance(state, Tensor) else type(state).__name__
+            what = "net state" if key == NET_STATE else "per-tensor state"
+            raise CheckpointError(
+                f"{where} has a saved {what} of {got}, expected a floating-point tensor of shape {tuple(shape)}: "
+                "the state dict belongs to another model or net"
+            )
+        restored[key] = state
+    return restored

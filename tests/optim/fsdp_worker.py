@@ -20,7 +20,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from l2l_lightning import CoordinatewiseLSTM, GlobalAveragingLSTM, LearnedOptimizer
+from l2l_lightning import CoordinatewiseLSTM, FeatureMLP, GlobalAveragingLSTM, LearnedOptimizer
 
 STEPS = 6
 BATCH = 8
@@ -101,10 +101,16 @@ def worker(rank: int, world: int, out_dir: str, port: str, device: str = "cpu") 
             gac_error = None
         except Exception as error:  # noqa: BLE001 - reported to the test
             gac_error = f"{type(error).__name__}: {error}"
+        try:
+            LearnedOptimizer(model.parameters(), checkpoint=FeatureMLP(hidden_size=4))
+            feature_error = None
+        except Exception as error:  # noqa: BLE001 - reported to the test
+            feature_error = f"{type(error).__name__}: {error}"
         if rank == 0:
             torch.save(
                 {"straight": straight, "resumed": resumed, "straight_states": straight_states,
-                 "resumed_states": resumed_states, "steps": steps, "gac_error": gac_error},
+                 "resumed_states": resumed_states, "steps": steps, "gac_error": gac_error,
+                 "feature_error": feature_error},
                 Path(out_dir) / "fsdp.pt",
             )  # fmt: skip
     finally:

@@ -62,6 +62,7 @@ def test_fsdp2_steps_like_one_process_and_resumes_exactly(tmp_path):
         assert torch.equal(out["straight_states"][name], out["resumed_states"][name])
     assert out["gac_error"].startswith("ConfigError") and "GlobalAveragingLSTM" in out["gac_error"]
     assert "coordinatewise net" in out["gac_error"]
+    assert out["feature_error"].startswith("ConfigError") and "FeatureMLP" in out["feature_error"]  # per-tensor statistics
 
 
 def test_state_dict_survives_what_dcp_keeps(small_net):
