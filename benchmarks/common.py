@@ -164,3 +164,12 @@ def fmt_time(seconds: float) -> str:
 def report(title: str, where: str, header: Sequence[str], rows: Sequence[Sequence[str]], note: str = "") -> str:
     """The printed form of every benchmark: a title line, the machine line, the table, an optional note."""
     return "\n".join([title, where, "", table(header, rows), "", note]).rstrip()
+
+
+def median_ratio_rows(times: dict[str, list[float]], base: str) -> list[list[str]]:
+    """One row per candidate: its name, median time and median ÷ ``base``'s median (the benchmarks' figure)."""
+    reference = statistics.median(times[base])
+    return [
+        [f"`{name}`", fmt_time(statistics.median(t)), f"**{statistics.median(t) / reference:.2f}×**"]
+        for name, t in times.items()
+    ]

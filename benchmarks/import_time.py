@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -50,11 +49,7 @@ def main(argv: list[str] | None = None) -> str:
     for _ in range(args.rounds):
         for name, code in STATEMENTS.items():
             times[name].append(time_statement(code))
-    base = statistics.median(times["import torch"])
-    rows = [
-        [f"`{name}`", common.fmt_time(statistics.median(t)), f"**{statistics.median(t) / base:.2f}×**"]
-        for name, t in times.items()
-    ]
+    rows = common.median_ratio_rows(times, "import torch")
     out = common.report(
         f"import_time — fresh processes, median of {args.rounds} interleaved rounds",
         where,

@@ -1,25 +1,29 @@
 """Train a stock LightningModule with a learned optimizer (Andrychowicz et al., 2016).
 
 Two of the three ways to plug one in are shown here (the third, LightningCLI, needs no
-code: ``--optimizer l2l_lightning.LearnedOptimizer --optimizer.checkpoint quadratic``):
+code: ``--optimizer l2l_lightning.LearnedOptimizer --optimizer.checkpoint fashion_mnist``):
 
 1. ``--way module``: the module's ``configure_optimizers`` returns ``LearnedOptimizer``.
 2. ``--way callback``: the module keeps its Adam; ``LearnedOptimizerCallback`` swaps it.
 
 Run::
 
-    python examples/mlp_with_learned_optimizer.py                      # pretrained "quadratic"
+    python examples/mlp_with_learned_optimizer.py                      # shipped "fashion_mnist", lr 0.3
+    python examples/mlp_with_learned_optimizer.py --lr 0.1
     python examples/mlp_with_learned_optimizer.py --checkpoint runs/quadratic/version_0/checkpoints/last.ckpt
     python examples/mlp_with_learned_optimizer.py --way callback --precision bf16-mixed
 
-``--checkpoint`` takes a shipped name (``python -c "import l2l_lightning.optim as o; print(o.available())"``),
+``--checkpoint`` takes a shipped name (``python -c "import l2l_lightning; print(l2l_lightning.optim.available())"``),
 an exported ``.pt`` file or a ``MetaLearner`` checkpoint (``.ckpt``).  The script prints
-the mean training loss of the first and the last epoch.
+the mean training loss of the first and the last epoch, and beside it the same model trained
+by Adam with its learning rate tuned on a grid (the best last-epoch loss), so you see what the
+learned optimizer is worth on this problem, also when Adam wins (``--no-baseline`` skips it).
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from typing import Any, Optional, Sequence, Union
 
 import lightning as L
@@ -45,10 +49,10 @@ def synthetic_regression(n: int = 512, dim: int = 10, seed: int = 0) -> TensorDa
 class MLP(L.LightningModule):
     """An ordinary LightningModule, as a practitioner already has it (Adam in ``configure_optimizers``)."""
 
-    def __init__(self, dim: int = 10, hidden: int = 32, shuffle: bool = True) -> None:
+    def __init__(self, dim: int = 10, hidden: int = 32, shuffle: bool = True, lr: float = 1e-2) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(dim, hidden), nn.Tanh(), nn.Linear(hidden, 1))
-        self.shuffle = shuffle
+        self.shuffle, self.lr = shuffle, lr
         self.epoch_losses: list[float] = []
         self._sum, self._count = 0.0, 0
 
@@ -70,7 +74,7 @@ class MLP(L.LightningModule):
         return DataLoader(synthetic_regression(), batch_size=64, shuffle=self.shuffle)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.parameters(), lr=1e-2)
+        return torch.optim.Adam(self.parameters(), lr=self.lr)
 
 
 class MLPWithLearnedOptimizer(MLP):
@@ -80,7 +84,7 @@ class MLPWithLearnedOptimizer(MLP):
     """
 
     def __init__(
-        self, checkpoint: Checkpoint = "quadratic", lr: float = 1.0, state_dtype: str = "float32", **kwargs: Any
+        self, checkpoint: Checkpoint = "fashion_mnist", lr: float = 0.3, state_dtype: str = "float32", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         # A plain dict, not attributes: a net instance assigned to the module would become a
@@ -92,7 +96,7 @@ class MLPWithLearnedOptimizer(MLP):
 
 
 def build(
-    way: str, checkpoint: Checkpoint, lr: float = 1.0, state_dtype: str = "float32", shuffle: bool = True
+    way: str, checkpoint: Checkpoint, lr: float = 0.3, state_dtype: str = "float32", shuffle: bool = True
 ) -> tuple[MLP, list[L.Callback]]:
     """The module and the callbacks for ``way`` (``"module"`` or ``"callback"``)."""
     if way == "module":
@@ -102,24 +106,12 @@ def build(
     raise ValueError(f"way={way!r}; allowed: 'module', 'callback'")
 
 
-def main(argv: Optional[Sequence[str]] = None, checkpoint: Optional[Checkpoint] = None) -> list[float]:
-    """Train and return the mean training loss of every epoch.
+#: Adam's learning rates tried for the baseline (the best last-epoch loss is shown).
+ADAM_LRS = (1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1)
 
-    ``checkpoint`` (a net instance, say) overrides ``--checkpoint``; tests use it.
-    """
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="quadratic", help="pretrained name, exported .pt or MetaLearner .ckpt")
-    parser.add_argument("--way", choices=("module", "callback"), default="module")
-    parser.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed")
-    parser.add_argument("--lr", type=float, default=1.0, help="multiplier of the learned update")
-    parser.add_argument("--state-dtype", default="float32", choices=("float32", "bfloat16"))
-    parser.add_argument("--max-epochs", type=int, default=10)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
 
-    L.seed_everything(args.seed, verbose=False)
-    net = checkpoint if checkpoint is not None else args.checkpoint
-    model, callbacks = build(args.way, net, args.lr, args.state_dtype)
+def fit(model: MLP, callbacks: list[L.Callback], args: argparse.Namespace) -> tuple[list[float], str]:
+    """Train ``model`` from seed ``args.seed``; its mean training loss per epoch and the optimizer's class name."""
     trainer = L.Trainer(
         accelerator="cpu",
         max_epochs=args.max_epochs,
@@ -131,9 +123,39 @@ def main(argv: Optional[Sequence[str]] = None, checkpoint: Optional[Checkpoint] 
         enable_progress_bar=False,
     )
     trainer.fit(model)
-    losses = model.epoch_losses
-    name = type(trainer.optimizers[0]).__name__
-    print(f"{name}: mean training loss {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)})")
+    return model.epoch_losses, type(trainer.optimizers[0]).__name__
+
+
+def main(argv: Optional[Sequence[str]] = None, checkpoint: Optional[Checkpoint] = None) -> list[float]:
+    """Train with the learned optimizer and return its mean training loss of every epoch.
+
+    ``checkpoint`` (a net instance, say) overrides ``--checkpoint``; tests use it.
+    """
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", default="fashion_mnist", help="shipped name, exported .pt or MetaLearner .ckpt")
+    parser.add_argument("--way", choices=("module", "callback"), default="module")
+    parser.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed")
+    parser.add_argument("--lr", type=float, default=0.3, help="multiplier of the learned update (try 0.1 to 1)")
+    parser.add_argument("--state-dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--max-epochs", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-baseline", action="store_true", help="skip the tuned-Adam runs")
+    args = parser.parse_args(argv)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # only the results below, and real warnings
+
+    L.seed_everything(args.seed, verbose=False)
+    net = checkpoint if checkpoint is not None else args.checkpoint
+    losses, name = fit(*build(args.way, net, args.lr, args.state_dtype), args)
+    print(f"{name} (lr {args.lr:g}): mean training loss {losses[0]:.4g} (epoch 1) -> {losses[-1]:.4g} (epoch {len(losses)})")
+    if not args.no_baseline:
+        runs = {}
+        for lr in ADAM_LRS:  # the same initial weights and batches as the learned run
+            L.seed_everything(args.seed, verbose=False)
+            runs[lr], _ = fit(MLP(lr=lr), [], args)
+        best = min(runs, key=lambda lr: runs[lr][-1])
+        adam = runs[best]
+        print(f"Adam, lr tuned on {list(ADAM_LRS)} (best {best:g}): mean training loss {adam[0]:.4g} (epoch 1) "
+              f"-> {adam[-1]:.4g} (epoch {len(adam)})")  # fmt: skip
     return losses
 
 

@@ -4,8 +4,8 @@
 Lightning nor the meta-training code, so it drops into any loop (a hand-written one as
 here, Hugging Face ``Trainer(optimizers=...)``, torchtitan...).  Run::
 
-    python examples/plain_pytorch_loop.py                        # the shipped "fashion_mnist" optimizer
-    python examples/plain_pytorch_loop.py --checkpoint quadratic --steps 200
+    python examples/plain_pytorch_loop.py                        # the shipped "fashion_mnist" optimizer, lr 0.3
+    python examples/plain_pytorch_loop.py --lr 1.0 --steps 200   # lr: try 0.1 to 1 (see the README's table)
 
 It fits a small MLP to a synthetic regression problem and prints the loss every few steps.
 """
@@ -22,14 +22,14 @@ from torch.nn import functional as F
 from l2l_lightning.optim import LearnedOptimizer
 
 
-def train(checkpoint: str = "fashion_mnist", steps: int = 100, seed: int = 0) -> list[float]:
+def train(checkpoint: str = "fashion_mnist", steps: int = 100, seed: int = 0, lr: float = 0.3) -> list[float]:
     """Train the MLP for ``steps`` full-batch steps; return the loss before each step."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(256, 10, generator=generator)
     y = x @ torch.randn(10, 1, generator=generator) + 0.1 * torch.randn(256, 1, generator=generator)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
-    optimizer = LearnedOptimizer(model.parameters(), checkpoint=checkpoint)
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint=checkpoint, lr=lr)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()
@@ -44,8 +44,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--checkpoint", default="fashion_mnist", help="a shipped name or a path to a trained optimizer")
     parser.add_argument("--steps", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=0.3, help="multiplier of the learned update (try 0.1 to 1)")
     args = parser.parse_args(argv)
-    losses = train(args.checkpoint, args.steps)
+    losses = train(args.checkpoint, args.steps, lr=args.lr)
     for step in range(0, len(losses), max(1, len(losses) // 10)):
         print(f"step {step:4d}  loss {losses[step]:.4f}")
     print(f"final loss {losses[-1]:.4f} (started at {losses[0]:.4f})")

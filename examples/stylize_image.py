@@ -29,14 +29,23 @@ from l2l_lightning.optim.pretrained import info
 
 
 def stylize(
-    photo: Path, checkpoint: str = "neural_art", steps: int = 100, resolution: int = 64, style: Optional[str] = None
+    photo: Path,
+    checkpoint: str = "neural_art",
+    steps: int = 100,
+    resolution: int = 64,
+    style: Optional[str] = None,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, list[float]]:
-    """The stylized image ``(3, resolution, resolution)`` in ``[0, 1]`` and the losses ``f(θ_0) … f(θ_steps)``."""
+    """The stylized image ``(3, resolution, resolution)`` in ``[0, 1]`` and the losses ``f(θ_0) … f(θ_steps)``.
+
+    ``seed`` fixes the starting noise, so a rerun starts, and ends, at the same loss.
+    """
     settings = dict(info(checkpoint)["task"]["init_args"])
     if style is not None:
         settings["style_image"] = style
     task = NeuralArtTask(**settings)
     content = center_crop(read_image(photo, resolution, "photo"), resolution).unsqueeze(0)
+    torch.manual_seed(seed)  # the task draws θ₀ (noise) from the global generator
     problem = task.problem(content)
     image = torch.nn.Parameter(problem.initial_params().view(content.shape))
     optimizer = LearnedOptimizer([image], checkpoint=checkpoint)
@@ -60,8 +69,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--resolution", type=int, default=64, help="side of the square result (trained at 64)")
     parser.add_argument("--style", default=None, help="style image (default: the one the optimizer was trained with)")
+    parser.add_argument("--seed", type=int, default=0, help="of the starting noise")
     args = parser.parse_args(argv)
-    image, losses = stylize(args.photo, args.checkpoint, args.steps, args.resolution, args.style)
+    image, losses = stylize(args.photo, args.checkpoint, args.steps, args.resolution, args.style, args.seed)
     pixels = (image * 255).round().byte().permute(1, 2, 0).numpy()
     Image.fromarray(pixels).save(args.out)
     print(f"loss {losses[0]:.4g} at the start, {losses[-1]:.4g} after {len(losses) - 1} steps; wrote {args.out}")

@@ -43,6 +43,10 @@ _EXPORTS: dict[str, str] = {
     "unroll": "l2l_lightning.meta.unroll",
 }
 
+#: subpackages reachable as attributes after a bare ``import l2l_lightning`` (``l2l_lightning.optim.available()``),
+#: imported on first use like the names above: ``meta`` loads Lightning, ``optim`` does not
+_SUBPACKAGES = ("data", "meta", "nets", "optim", "tasks")
+
 __all__ = sorted(_EXPORTS)
 
 
@@ -51,6 +55,8 @@ def __getattr__(name: str) -> Any:
         value = getattr(importlib.import_module(_EXPORTS[name]), name)
         globals()[name] = value  # later look-ups skip this function
         return value
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"l2l_lightning.{name}")  # the import sets the attribute
     raise AttributeError(f"module 'l2l_lightning' has no attribute {name!r}")
 
 

@@ -31,12 +31,14 @@ when that folder is on another file system, and it never fsyncs.
 
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
 import pickle
 import re
+import secrets
+import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, Any, Optional, Union
@@ -230,12 +232,26 @@ def _refused_global(message: str) -> Optional[str]:
 
 
 def _unreadable(path: Path, error: BaseException) -> CheckpointError:
-    first = str(error).splitlines()[0] if str(error) else ""
     return CheckpointError(
         f"{path} cannot be read by torch.load: it is not a file written by torch.save, or it is truncated or "
-        f"corrupt ({type(error).__name__}{': ' + first[:200] if first else ''}); expected a learned optimizer "
+        f"corrupt ({_torch_reason(error)}); expected a learned optimizer "
         "exported with `l2l-export` or a MetaLearner checkpoint (.ckpt) written by `l2l fit`"
     )
+
+
+def _torch_reason(error: BaseException) -> str:
+    """What torch found wrong, without its advice.
+
+    torch's weights-only error opens with "Re-running `torch.load` with `weights_only` set to
+    `False` will likely succeed": exactly what must not be done with a file that may be
+    anyone's.  Only the unpickler's own finding (e.g. "Unsupported operand 149") is kept.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if any("weights_only" in line for line in lines):
+        findings = [line for line in lines if not any(word in line for word in ("weights_only", "WeightsUnpickler", "documentation"))]
+        lines = findings
+    first = lines[0][:200] if lines else ""
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
 
 
 def atomic_save(obj: Any, path: Union[str, "os.PathLike[str]"]) -> None:
@@ -246,15 +262,20 @@ def atomic_save(obj: Any, path: Union[str, "os.PathLike[str]"]) -> None:
     itself survives a power cut.  On any error the temporary file is removed and ``path``
     is untouched.  Errors that are about the path (a folder, no permission) raise
     :class:`CheckpointError` naming it.
+
+    The file gets the permissions ``open(path, "w")`` would give it: an existing file's
+    mode, else ``0o666`` less the umask (``tempfile.mkstemp`` would make it ``0o600``, so
+    colleagues on a shared cluster could not read a run's checkpoints).  Temporary files
+    left next to ``path`` by a save that was killed are removed first.
     """
     path = Path(path)
     check_writable_target(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        _remove_stale_temporaries(path)
+        tmp, handle = _create_temporary(path)
     except OSError as error:
         raise CheckpointError(f"cannot write {path}: {error.strerror or error}") from error
-    tmp = Path(tmp_name)
     try:
         with os.fdopen(handle, "wb") as file:
             torch.save(obj, file)
@@ -268,6 +289,44 @@ def atomic_save(obj: Any, path: Union[str, "os.PathLike[str]"]) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def _temporary_name(path: Path, token: str) -> str:
+    return f".{path.name}.{token}.tmp"
+
+
+def _create_temporary(path: Path) -> tuple[Path, int]:
+    """A new, empty temporary file next to ``path``, created as ``open(path, "w")`` would create ``path``.
+
+    ``os.open`` with mode ``0o666`` lets the kernel apply the umask, as for any new file (no
+    process-wide ``os.umask`` juggling, which would race with other threads); an existing
+    target's mode is copied, since ``open(path, "w")`` keeps it.
+    """
+    while True:
+        tmp = path.parent / _temporary_name(path, secrets.token_hex(6))
+        try:
+            handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+            break
+        except FileExistsError:  # a 48-bit collision: draw again
+            continue
+    try:
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
+    except FileNotFoundError:
+        pass
+    return tmp, handle
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete the temporary files of earlier saves to ``path`` that never reached their rename (a killed process).
+
+    Only names this module makes for ``path`` are touched.  Two processes saving the same file
+    at the same moment is not supported anyway (one rename would silently win); Lightning saves
+    from rank 0 only.
+    """
+    pattern = re.compile(re.escape(_temporary_name(path, "@")).replace("@", "[0-9a-f]{12}") + r"\Z")
+    for candidate in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+        if pattern.match(candidate.name):
+            candidate.unlink(missing_ok=True)
 
 
 def check_writable_target(path: Path) -> None:

@@ -60,6 +60,17 @@ def test_step_vs_revision_runs_against_head():
 
 
 @pytest.mark.slow
+def test_cli_startup_runs():
+    out = _load("cli_startup").main(["--rounds", "1"])
+    assert "`l2l fit --help`" in out and "`l2l compare --help`" in out and "÷ import lightning" in out
+
+
+def test_lr_ranges_runs():
+    out = _load("lr_ranges").main(["--steps", "1", "--optimizers", "adam,fashion_mnist"])
+    assert "| fashion_mnist | 0.1 " in out and "MLP 784-64-10" in out
+
+
+@pytest.mark.slow
 def test_import_time_runs():
     out = _load("import_time").main(["--rounds", "1"])
     assert "from l2l_lightning.optim import LearnedOptimizer" in out and "÷ import torch" in out

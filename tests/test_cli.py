@@ -37,9 +37,14 @@ def test_print_config_documents_every_setting(capsys):
 
 
 def test_fit_runs_meta_steps_then_tests_the_best_checkpoint(tmp_path, capsys):
-    run_cli([], tmp_path)
+    previous_umask = os.umask(0o022)
+    try:
+        run_cli([], tmp_path)
+    finally:
+        os.umask(previous_umask)
     checkpoints = list(tmp_path.glob("quadratic/version_*/checkpoints/*.ckpt"))
     assert any(c.name.startswith("best-") for c in checkpoints) and any(c.name == "last.ckpt" for c in checkpoints)
+    assert {oct(c.stat().st_mode & 0o777) for c in checkpoints} == {"0o644"}  # readable by colleagues, as open() makes
     out = capsys.readouterr().out
     assert "test/mean_loss" in out and "test/adam_mean_loss" in out
     best = next(c for c in checkpoints if c.name.startswith("best-"))
@@ -243,3 +248,80 @@ def test_the_l2l_command_saves_checkpoints_atomically():
 
     cli = L2LCLI(MetaLearner, args=["--config", CONFIG, *FAST], run=False, trainer_defaults={"plugins": [MyIO()]})
     assert type(cli.trainer.strategy.checkpoint_io) is MyIO  # a plugin the user chose is kept
+
+
+def _l2l(args, cwd):
+    """``l2l ARGS`` in a fresh process, as a user sees it (this interpreter, the checkout on the path)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "l2l_lightning.cli", *args], capture_output=True, text=True,
+                          timeout=300, cwd=cwd, env=env)  # fmt: skip
+
+
+TINY_FIT = ["fit", "--config", CONFIG, *FAST, "--trainer.log_every_n_steps", "1", "--model.val_problems", "1"]
+TINY_COMPARE = ["compare", "--learned", "[quadratic]", "--task", "l2l_lightning.QuadraticTask", "--num_problems", "1",
+                "--tune_problems", "1", "--num_steps", "5", "--lrs", "[0.01, 0.1]", "--progress", "false"]  # fmt: skip
+
+
+@pytest.mark.slow
+def test_a_tiny_fit_prints_its_results_and_nothing_else(tmp_path):
+    """No tips, no hardware report, no model summary, no warnings about our own checkpoint callbacks or saves."""
+    quiet = _l2l(TINY_FIT, tmp_path)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr == ""
+    lines = [line for line in quiet.stdout.splitlines() if line.strip()]
+    assert "Test metric" in quiet.stdout and all(("test/" in line or "─" in line or "Test metric" in line) for line in lines), lines
+    last = next(tmp_path.glob("runs/quadratic/version_*/checkpoints/last.ckpt"))
+    test = ["test", "--config", CONFIG, "--ckpt_path", str(last), "--model.test_problems", "1"]
+    tested = _l2l([*test, "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert tested.returncode == 0 and tested.stderr == "" and "test/mean_loss" in tested.stdout, tested.stderr[-3000:]
+    other_net = _l2l([*test, "--model.net.init_args.hidden_size", "8", "--trainer.enable_progress_bar", "false"], tmp_path)
+    assert "the checkpoint's net (CoordinatewiseLSTM(hidden_size=20" in other_net.stderr  # not silently
+    verbose = _l2l([*TINY_FIT, "--verbose"], tmp_path)  # everything comes back
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    for expected in ("Seed set to 0", "GPU available", "Tip", "Trainable params", "Restoring states"):
+        assert expected in verbose.stderr + verbose.stdout, expected
+
+
+@pytest.mark.slow
+def test_a_tiny_compare_prints_its_table_and_nothing_else(tmp_path):
+    proc = _l2l([*TINY_COMPARE, "--out_dir", str(tmp_path / "out")], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stderr == ""
+    assert proc.stdout.splitlines()[0].split() == ["optimizer", "lr", "sum", "loss", "final", "loss"]
+    assert "warn" not in proc.stdout.lower()
+
+
+def test_the_learned_optimizer_help_fits_on_a_screen(capsys):
+    """Its net and module arguments used to be typed nn.Module: the help listed every Module subclass (1,401 lines)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", CONFIG, "--optimizer.help", "l2l_lightning.LearnedOptimizer"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--optimizer.checkpoint" in out and "--optimizer.fused" in out
+    assert len(out.splitlines()) <= 80, len(out.splitlines())
+
+
+def test_a_net_class_on_the_command_line_starts_from_its_own_defaults_and_says_so(capsys, monkeypatch):
+    """jsonargparse alone carries the config's LSTM settings (hidden_size: 20) into the new class, silently."""
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", CONFIG, "--model.net", "per_coordinate_mlp.PerCoordinateMLP",
+              "--model.net.step_scale", "0.02", "--print_config"])  # fmt: skip
+    out, err = capsys.readouterr()
+    net = out[out.index("  net:"):]
+    assert "hidden_size: 32" in net and "step_scale: 0.02" in net  # its default; a setting after it still applies
+    assert "hidden_size: 32 (not 20)" in err and "--model.net.hidden_size 20" in err
+    with pytest.raises(SystemExit):  # nothing reset, nothing said: the class's settings equal the config's
+        main(["fit", "--config", CONFIG, "--model.net", "l2l_lightning.CoordinatewiseLSTM",
+              "--model.net.preprocess", "none", "--print_config"])  # fmt: skip
+    assert "note" not in capsys.readouterr().err
+
+
+def test_only_a_net_class_is_reset():
+    from l2l_lightning.cli import net_from_its_defaults
+
+    assert net_from_its_defaults(["fit", "--model.net", "a.B", "--model.net.x", "1"]) == [
+        "fit", "--model.net", "null", "--model.net", "a.B", "--model.net.x", "1"]  # fmt: skip
+    assert net_from_its_defaults(["--model.net=a.B"]) == ["--model.net", "null", "--model.net=a.B"]
+    for kept in (["--model.net", "null"], ["--model.net", "{class_path: a.B, init_args: {x: 1}}"], ["--model.netx", "a"]):
+        assert net_from_its_defaults(kept) == kept

@@ -89,10 +89,12 @@ def test_the_command_lines_refuse_it_in_one_line(evil_ckpt, capsys):
 def test_unreadable_files_get_one_clear_error(tmp_path, content):
     path = tmp_path / "broken.ckpt"
     torch.save({"state_dict": {"w": torch.zeros(100)}}, path)
-    data = {"random": os.urandom(1000), "truncated": path.read_bytes()[:300], "empty": b""}[content]
+    data = {"random": bytes(range(128, 256)) + os.urandom(1000), "truncated": path.read_bytes()[:300], "empty": b""}[content]
     path.write_bytes(data)
-    with pytest.raises(CheckpointError, match="cannot be read by torch.load.*truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="cannot be read by torch.load.*truncated or corrupt") as error:
         load_net(path)
+    # torch's own text advises re-running with weights_only=False: never pass that on for a file of unknown origin
+    assert "weights_only" not in str(error.value) and "Re-running" not in str(error.value)
     with pytest.raises(CheckpointError, match="is a folder"):
         safe_load.load_plain(tmp_path)
 
@@ -225,6 +227,35 @@ def test_an_export_killed_mid_write_leaves_the_previous_file_intact(tmp_path):
     assert partial.stat().st_size > 0
     assert old.read_bytes() == before
     assert pretrained.fingerprint(load_net(old)) == pretrained.fingerprint(net)
+
+    # the next save to that target removes what the killed one left, and nothing else
+    (tmp_path / ".other.pt.0123456789ab.tmp").write_text("another target's")
+    pretrained.export(tmp_path / "newer.pt", old, overwrite=True)
+    assert not partial.exists() and (tmp_path / ".other.pt.0123456789ab.tmp").exists()
+    assert not list(tmp_path.glob(".shipped.pt.*.tmp"))
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_saved_files_get_the_permissions_of_an_ordinary_open(tmp_path, umask_022):
+    """``tempfile.mkstemp`` creates 0600 files: a run's exports and checkpoints were private on a shared cluster."""
+    with open(tmp_path / "ordinary", "w"):
+        pass
+    ordinary = (tmp_path / "ordinary").stat().st_mode & 0o777
+    assert ordinary == 0o644
+    safe_load.atomic_save({"x": torch.zeros(1)}, tmp_path / "new.pt")
+    assert (tmp_path / "new.pt").stat().st_mode & 0o777 == ordinary
+    os.chmod(tmp_path / "new.pt", 0o640)  # an existing file keeps its mode, as with open(path, "w")
+    safe_load.atomic_save({"x": torch.ones(1)}, tmp_path / "new.pt")
+    assert (tmp_path / "new.pt").stat().st_mode & 0o777 == 0o640
+    torch.save(_exported("l2l_lightning.nets.lstm.CoordinatewiseLSTM"), tmp_path / "source.pt")
+    assert export_main([str(tmp_path / "source.pt"), str(tmp_path / "exported.pt")]) == 0
+    assert (tmp_path / "exported.pt").stat().st_mode & 0o777 == 0o644
 
 
 def test_export_refuses_folders_bad_paths_and_empty_names(tmp_path, capsys):

@@ -63,7 +63,9 @@ class LatestCheckpoint(Checkpoint):
         key = (trainer.global_step, self.best.best_model_path)
         if trainer.sanity_checking or key == self._saved or self.best.dirpath is None:
             return
-        trainer.save_checkpoint(f"{self.best.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{self.best.FILE_EXTENSION}")
+        path = f"{self.best.dirpath}/{ModelCheckpoint.CHECKPOINT_NAME_LAST}{self.best.FILE_EXTENSION}"
+        # weights_only given, as ModelCheckpoint gives it (left out, Lightning logs its default at every save)
+        trainer.save_checkpoint(path, weights_only=self.best.save_weights_only)
         self._saved = key
 
     # ``best`` saves after validation or at the end of the training epoch (Lightning decides which);
@@ -77,3 +79,20 @@ class LatestCheckpoint(Checkpoint):
 
     def on_train_end(self, trainer: "L.Trainer", pl_module: "L.LightningModule") -> None:
         self._save(trainer)
+
+
+def meta_learner_checkpoints(dirpath: Optional[str] = None) -> list[Checkpoint]:
+    """``MetaLearner``'s checkpoints: the best by ``val/mean_loss`` and ``last.ckpt`` (``l2l`` gives them to its trainer).
+
+    ``dirpath``: their folder (default: the logger's ``checkpoints/``), kept as given: Lightning
+    compares it as a string with the folder a checkpoint recorded, and ``ModelCheckpoint(dirpath=)``
+    would make it absolute.
+    """
+    best = ModelCheckpoint(
+        monitor="val/mean_loss",
+        mode="min",
+        filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
+        auto_insert_metric_name=False,
+    )
+    best.dirpath = dirpath
+    return [best, LatestCheckpoint(best)]

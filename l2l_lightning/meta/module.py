@@ -21,7 +21,6 @@ from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import OptimizerCallable
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import Tensor, nn
@@ -30,14 +29,14 @@ from torch.utils.data import DataLoader
 from l2l_lightning.errors import NonFiniteMetaLossError
 from l2l_lightning.lightning_compat import CLI_INSTANTIATOR, INSTANTIATOR_KEY
 from l2l_lightning.meta.baselines import DEFAULT_LR_GRID, TunedBaseline
-from l2l_lightning.meta.checkpoint_io import LatestCheckpoint
+from l2l_lightning.meta.checkpoint_io import LatestCheckpoint, meta_learner_checkpoints
 from l2l_lightning.meta.estimators import OuterEstimator, Truncation
 from l2l_lightning.meta.evaluation import HeldOutEvaluation
 from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.metrics import CurveMean
 from l2l_lightning.meta.settings import (
     LossTransform, LossWeights, build_meta_optimizer, callable_spec, check_is_meta_learner_checkpoint,
-    check_settings, checked_checkpoint_file, initial_net, loss_weights_for,
+    check_settings, checked_checkpoint_file, describe_spec, initial_net, loss_weights_for,
 )  # fmt: skip
 from l2l_lightning.meta.stream import Carry, ProblemStream
 from l2l_lightning.meta.unroll import evaluate_learned
@@ -283,16 +282,12 @@ class MetaLearner(L.LightningModule):
         return build_meta_optimizer(self.meta_optimizer, self.net.parameters())
 
     def configure_callbacks(self) -> list[L.Callback]:
-        """Keep the best optimizer by ``val/mean_loss`` and the latest state (``last.ckpt``), unless checkpointing is off."""
-        if self.trainer.checkpoint_callback is None:
+        """The best checkpoint by ``val/mean_loss`` and ``last.ckpt``, unless checkpointing is off or the trainer
+        has them already (``l2l`` gives them; an earlier ``fit`` attached them): Lightning would announce replacing them."""
+        callbacks = self.trainer.callbacks
+        if self.trainer.checkpoint_callback is None or any(isinstance(c, LatestCheckpoint) for c in callbacks):
             return []
-        best = ModelCheckpoint(
-            monitor="val/mean_loss",
-            mode="min",
-            filename="best-step{step}-val_mean_loss{val/mean_loss:.4g}",
-            auto_insert_metric_name=False,
-        )
-        return [best, LatestCheckpoint(best)]
+        return meta_learner_checkpoints()
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(range(self.truncations_per_epoch), batch_size=None)  # the "batches" are truncation indices
@@ -367,6 +362,10 @@ class MetaLearner(L.LightningModule):
         self._resume = checkpoint.get("l2l_stream")
         spec = checkpoint[NET_KEY]
         if spec != self.net.spec:
+            warnings.warn(  # said, not silent: `l2l test --config X --ckpt_path Y` evaluates Y's net
+                f"the checkpoint's net ({describe_spec(spec)}) replaces model.net ({describe_spec(self.net.spec)}): "
+                "a checkpoint is evaluated and resumed with the net it trained; drop model.net or make it match"
+            )
             self.net = net_from_spec(spec, f"the checkpoint's {NET_KEY}").to(self.device)  # checked, then built
             self.stream.carry = None
 

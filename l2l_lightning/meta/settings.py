@@ -129,7 +129,8 @@ def initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) ->
     if net.spec != trained.spec:
         raise ConfigError(
             f"MetaLearner: init_from={init_from!r} holds {trained.spec} but model.net is {net.spec}; "
-            "drop model.net to fine-tune the file's own net, or make its settings match"
+            "to fine-tune the file's own net, drop model.net (on the command line: --model.net null; in YAML: "
+            "delete the model.net block), or make its settings match"
         )
     net.load_state_dict(trained.state_dict())
     return net
@@ -143,6 +144,12 @@ def callable_spec(factory: Any) -> Optional[dict[str, Any]]:
     if not isinstance(factory, type):
         return None
     return make_spec(factory, keywords)
+
+
+def describe_spec(spec: dict[str, Any]) -> str:
+    """``CoordinatewiseLSTM(hidden_size=20, ...)`` from a net's spec, for messages."""
+    args = ", ".join(f"{key}={value!r}" for key, value in spec.get("init_args", {}).items())
+    return f"{spec['class_path'].rsplit('.', 1)[-1]}({args})"
 
 
 def check_is_meta_learner_checkpoint(checkpoint: Any, where: Any) -> None:

@@ -13,29 +13,38 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from l2l_lightning.optim.learned import LearnedOptimizer, SkippedStepWarning
-from l2l_lightning.optim.state import STATE_DTYPES
-from l2l_lightning.optim.pretrained import available, load_net
+#: public name -> the module that defines it, imported on first use (PEP 562): so that
+#: ``python -m l2l_lightning.optim.pretrained`` runs a module its package has not imported
+#: yet, and the callback's Lightning is imported only by those who use it.
+_EXPORTS: dict[str, str] = {
+    "STATE_DTYPES": "l2l_lightning.optim.state",
+    "LearnedOptimizer": "l2l_lightning.optim.learned",
+    "LearnedOptimizerCallback": "l2l_lightning.optim.callback",
+    "SkippedStepWarning": "l2l_lightning.optim.learned",
+    "available": "l2l_lightning.optim.pretrained",
+    "load_net": "l2l_lightning.optim.pretrained",
+}
 
-__all__ = [
-    "STATE_DTYPES",
-    "LearnedOptimizer",
-    "LearnedOptimizerCallback",
-    "SkippedStepWarning",
-    "available",
-    "load_net",
-]
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:
-    if name == "LearnedOptimizerCallback":  # Lightning is imported only by those who use it
-        from l2l_lightning.optim.callback import LearnedOptimizerCallback
-
-        return LearnedOptimizerCallback
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
     raise AttributeError(f"module 'l2l_lightning.optim' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
 
 
 if TYPE_CHECKING:
     from l2l_lightning.optim.callback import LearnedOptimizerCallback
+    from l2l_lightning.optim.learned import LearnedOptimizer, SkippedStepWarning
+    from l2l_lightning.optim.state import STATE_DTYPES
+    from l2l_lightning.optim.pretrained import available, load_net

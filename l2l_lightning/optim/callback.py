@@ -31,11 +31,13 @@ from typing import Any, Optional, Union
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from torch import nn
 
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.lightning_compat import split_optimizer_config
+from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.optim.learned import LearnedOptimizer
+from l2l_lightning.optim.routing import NamedModules
+from l2l_lightning.optim.runtime import check_step_options
 from l2l_lightning.optim.state import check_lr, state_dtype_name
 from l2l_lightning.optim.pretrained import load_net
 
@@ -45,28 +47,40 @@ _MISSING = object()
 class LearnedOptimizerCallback(L.Callback):
     """Replace the optimizer(s) of any LightningModule by :class:`~l2l_lightning.LearnedOptimizer`.
 
+    Takes every option of :class:`~l2l_lightning.LearnedOptimizer` (see its arguments), with the
+    same meaning and defaults; all are checked here, so a wrong name or value fails before
+    training starts.
+
     Args:
-        checkpoint: the trained net, as for :class:`~l2l_lightning.LearnedOptimizer` (a name,
-            a path or a net); loaded once, here, so a wrong name fails before training starts.
+        checkpoint: the trained net (a name, a path or a net); loaded once, here.
         lr: the learned optimizer's update multiplier, for every parameter group.
         state_dtype: the LSTM state dtype (``"float32"`` or ``"bfloat16"``).
+        chunk_size, compile, fused: how the step runs (memory and speed, not results).
+        module: what names the parameters for routed nets; default: the LightningModule itself.
 
     Example::
 
-        trainer = L.Trainer(callbacks=[LearnedOptimizerCallback("quadratic")])
+        trainer = L.Trainer(callbacks=[LearnedOptimizerCallback("fashion_mnist")])
         trainer.fit(model)  # model.configure_optimizers() may return Adam; LearnedOptimizer is used
     """
 
     def __init__(
         self,
-        checkpoint: Union[str, "os.PathLike[str]", nn.Module],
+        checkpoint: Union[str, "os.PathLike[str]", LearnedOptimizerNet],
         lr: float = 1.0,
         state_dtype: Union[str, torch.dtype] = "float32",
+        chunk_size: Optional[int] = None,
+        compile: Union[bool, str] = "auto",
+        module: Optional[NamedModules] = None,
+        fused: Union[bool, str] = "auto",
     ) -> None:
         check_lr(lr)
         self.net = load_net(checkpoint)
         self.lr = lr
-        self.state_dtype = state_dtype_name(state_dtype)
+        chunk_size, compile, fused = check_step_options(chunk_size, compile, fused)
+        #: LearnedOptimizer's keyword arguments besides the net, lr and module
+        self.options = {"state_dtype": state_dtype_name(state_dtype), "chunk_size": chunk_size, "compile": compile, "fused": fused}
+        self.module = module
         self._patched: Optional[tuple[L.LightningModule, Any]] = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -105,7 +119,9 @@ class LearnedOptimizerCallback(L.Callback):
                 "optimizer's lr, return LearnedOptimizer(...) and a scheduler from configure_optimizers yourself."
             )
         learned = [
-            LearnedOptimizer(groups, checkpoint=self.net, lr=self.lr, state_dtype=self.state_dtype, module=pl_module)
+            LearnedOptimizer(
+                groups, checkpoint=self.net, lr=self.lr, module=self.module or pl_module, **self.options
+            )
             for groups in groups_per_optimizer
         ]
         return learned[0] if len(learned) == 1 else learned

@@ -83,18 +83,20 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.optim import Optimizer
 
-from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError, check_choice
+from l2l_lightning.errors import CheckpointError, ConfigError, UnsupportedGradientError
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.layout import Layout, Segment
 from l2l_lightning.optim import sharded
 from l2l_lightning.optim.inputs import bucket_inputs, step_loss
 from l2l_lightning.optim.pretrained import load_net
 from l2l_lightning.optim.skipped import SkippedStepWarning, warn_skipped
-from l2l_lightning.optim.routing import GroupRouting, param_routes
-from l2l_lightning.optim.runtime import StepOptions, check_chunk_size, intra_op_threads, not_traced, step_inplace
+from l2l_lightning.optim.routing import GroupRouting, NamedModules, param_routes
+from l2l_lightning.optim.runtime import (
+    StepOptions, check_step_options, intra_op_threads, not_traced, step_inplace,
+)  # fmt: skip
 from l2l_lightning.optim.state import (
     NET_STATE, STATE_DTYPES, STEP, TENSOR_STATE, Identity, check_group_lrs, check_lr, decode, encode, state_dtype_name,
 )
@@ -156,18 +158,16 @@ class LearnedOptimizer(Optimizer):
     def __init__(
         self,
         params: Iterable[Any],
-        checkpoint: Union[str, "os.PathLike[str]", nn.Module],
+        checkpoint: Union[str, "os.PathLike[str]", LearnedOptimizerNet],
         lr: float = 1.0,
         state_dtype: Union[str, torch.dtype] = "float32",
         chunk_size: Optional[int] = None,
         compile: Union[bool, str] = "auto",
-        module: Optional[nn.Module] = None,
+        module: Optional[NamedModules] = None,
         fused: Union[bool, str] = "auto",
     ) -> None:
         check_lr(lr)
-        self._chunk_size = None if chunk_size is None else check_chunk_size(chunk_size)
-        self._compile = check_choice("compile", compile, (True, False, "auto"), " ('auto': compile on CUDA only)")
-        self._fused = check_choice("fused", fused, (True, False, "auto"), " ('auto': the fused step wherever it is available)")
+        self._chunk_size, self._compile, self._fused = check_step_options(chunk_size, compile, fused)
         net = load_net(checkpoint)
         if not isinstance(net, LearnedOptimizerNet):
             raise ConfigError(

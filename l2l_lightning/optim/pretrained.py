@@ -191,7 +191,10 @@ def _build(record: Mapping[str, Any], source: str) -> nn.Module:
 
 
 def info(spec: Union[str, "os.PathLike[str]"]) -> dict[str, Any]:
-    """The ``metadata`` of a trained optimizer (name or path), e.g. its task and validation figures."""
+    """The net and ``metadata`` of a trained optimizer (name or path), e.g. its task and validation figures.
+
+    Returns the dict (it prints nothing); ``python -m l2l_lightning.optim.pretrained NAME`` prints it.
+    """
     path = _path_for(spec)
     record = read(path)
     return {**make_spec(record["class_path"], record["init_args"]), **record.get("metadata", {})}
@@ -347,3 +350,34 @@ def _path_for(spec: Union[str, "os.PathLike[str]"]) -> Path:
         )
     check_local(spec)
     return path_of(spec) if is_name(spec) else Path(spec)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """``python -m l2l_lightning.optim.pretrained [NAME_OR_PATH]``: what a trained optimizer is, as JSON.
+
+    Without an argument, the shipped names.  Kept beside :func:`info` rather than in a
+    separate command: it is the same read, printed.
+    """
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(
+        prog="python -m l2l_lightning.optim.pretrained",
+        description="Print what a trained optimizer was trained on (its net, task, validation figures, versions).",
+    )
+    parser.add_argument("spec", nargs="?", help=f"a shipped name ({', '.join(available())}) or a file; none: list the names")
+    args = parser.parse_args(argv)
+    if args.spec is None:
+        print("\n".join(available()))
+        return 0
+    try:
+        print(json.dumps(info(args.spec), indent=2, default=str))
+    except CheckpointError as error:
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -12,7 +12,8 @@ run resumed with parameters routed differently is refused.
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from collections.abc import Iterable
+from typing import Any, Optional, Protocol
 
 from torch import nn
 
@@ -28,6 +29,18 @@ ParamGroup = dict[str, Any]
 def param_routes(group: ParamGroup) -> list[Optional[str]]:
     """The route decided for each parameter of ``group`` (all ``None`` for a single net)."""
     return group.get("param_routes") or [None] * len(group["params"])
+
+
+class NamedModules(Protocol):
+    """What ``LearnedOptimizer(module=...)`` reads of a model: its named parameters and modules (any ``nn.Module``).
+
+    A protocol rather than ``nn.Module`` so that a command line's help (``--optimizer.help``)
+    does not list every ``nn.Module`` subclass in torch as a candidate value.
+    """
+
+    def named_parameters(self) -> Iterable[tuple[str, nn.Parameter]]: ...
+
+    def named_modules(self) -> Iterable[tuple[str, nn.Module]]: ...
 
 
 class GroupRouting:

@@ -50,7 +50,7 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
 from l2l_lightning.nets.base import LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.kernel import ChunkKernel, FusedStepUnavailable, Rows
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
@@ -78,6 +78,15 @@ def _disable_fused(error: BaseException) -> None:
 def check_chunk_size(chunk_size: Any) -> int:
     """``chunk_size`` if it is a positive integer, else :class:`ConfigError`."""
     return check_positive_int("chunk_size", chunk_size, " (rows of coordinates per chunk)")
+
+
+def check_step_options(chunk_size: Optional[int], compile: Any, fused: Any) -> tuple[Optional[int], Any, Any]:
+    """The step's ``chunk_size``, ``compile`` and ``fused`` options, checked (``LearnedOptimizer`` and its callback)."""
+    return (
+        None if chunk_size is None else check_chunk_size(chunk_size),
+        check_choice("compile", compile, (True, False, "auto"), " ('auto': compile on CUDA only)"),
+        check_choice("fused", fused, (True, False, "auto"), " ('auto': the fused step wherever it is available)"),
+    )
 
 
 @dataclass(frozen=True)

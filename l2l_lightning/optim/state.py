@@ -78,7 +78,7 @@ def check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
             check_lr(lr)
         except ConfigError as error:
             raise ConfigError(
-                f"LearnedOptimizer.step: param group #{index} has {error}; the step was refused and no parameter "
+                f"LearnedOptimizer.step: param group #{index}: {error}; the step was refused and no parameter "
                 "or state changed (did an LR scheduler set it?)"
             ) from None
 
@@ -191,7 +191,7 @@ def _check_groups(saved_groups: list[Any], groups: list[dict[str, Any]]) -> list
             check_lr(saved.get("lr"))
             state_dtype_name(saved.get("state_dtype"))
         except ConfigError as error:
-            raise CheckpointError(f"{where} has {error}; the state dict is damaged or not a LearnedOptimizer's") from None
+            raise CheckpointError(f"{where}: {error}; the state dict is damaged or not a LearnedOptimizer's") from None
         if saved.get("route") is not None and not isinstance(saved["route"], str):
             raise CheckpointError(f"{where} has route={saved['route']!r}, expected a route name or None")
         if saved.get("param_routes") != mine.get("param_routes"):

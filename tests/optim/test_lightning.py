@@ -23,7 +23,8 @@ from .conftest import quiet_trainer
 @pytest.mark.parametrize("way", ["module", "callback"])
 @pytest.mark.parametrize("precision", ["32-true", "bf16-mixed"])
 def test_a_stock_module_trains_and_its_loss_falls(example, trained_net, precision, way):
-    losses = example.main(["--way", way, "--precision", precision, "--max-epochs", "5"], checkpoint=trained_net)
+    args = ["--way", way, "--precision", precision, "--max-epochs", "5", "--lr", "1.0", "--no-baseline"]
+    losses = example.main(args, checkpoint=trained_net)
     assert len(losses) == 5
     assert losses[-1] < 0.2 * losses[0], losses
 
@@ -31,8 +32,15 @@ def test_a_stock_module_trains_and_its_loss_falls(example, trained_net, precisio
 def test_the_trained_net_is_what_makes_the_loss_fall(example):
     torch.manual_seed(0)
     untrained = CoordinatewiseLSTM(preprocess="log_sign", output_scale=0.1)
-    losses = example.main(["--max-epochs", "5"], checkpoint=untrained)
+    losses = example.main(["--max-epochs", "5", "--lr", "1.0", "--no-baseline"], checkpoint=untrained)
     assert losses[-1] > 0.5 * losses[0], losses  # an untrained LSTM does not optimize: the figure above is earned
+
+
+def test_the_example_prints_tuned_adam_beside_the_learned_optimizer(example, trained_net, capsys):
+    example.main(["--max-epochs", "2"], checkpoint=trained_net)
+    learned, adam = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert learned.startswith("LearnedOptimizer (lr 0.3): mean training loss")
+    assert adam.startswith("Adam, lr tuned on [0.001, 0.003, 0.01, 0.03, 0.1, 0.3] (best ") and "(epoch 2)" in adam
 
 
 # ------------------------------------------------------------ resume
@@ -114,6 +122,25 @@ def test_callback_refuses_deepspeed_at_setup_and_changes_nothing(small_net):
     callback.setup(SimpleNamespace(strategy=object()), model, "fit")  # any other strategy: patched as usual
     assert "configure_optimizers" in model.__dict__
     callback.teardown(None, model, "fit")
+
+
+def test_callback_takes_every_option_of_the_optimizer(small_net, tmp_path):
+    import inspect
+
+    options = set(inspect.signature(LearnedOptimizer).parameters) - {"params"}
+    assert set(inspect.signature(LearnedOptimizerCallback).parameters) == options
+    other = BoringModel()  # a module given explicitly replaces the LightningModule as the namer of parameters
+    callback = LearnedOptimizerCallback(small_net, lr=0.5, state_dtype="bfloat16", chunk_size=7, compile=False,
+                                        fused=False, module=other)  # fmt: skip
+    model = BoringModel()
+    trainer = quiet_trainer(max_steps=1, callbacks=[callback], default_root_dir=tmp_path, limit_val_batches=0)
+    trainer.fit(model)
+    (optimizer,) = trainer.optimizers
+    assert optimizer.param_groups[0]["lr"] == 0.5 and optimizer.param_groups[0]["state_dtype"] == "bfloat16"
+    assert (optimizer._chunk_size, optimizer._compile, optimizer._fused) == (7, False, False)
+    for bad, message in (({"chunk_size": 0}, "chunk_size"), ({"compile": "yes"}, "compile="), ({"fused": 2}, "fused=")):
+        with pytest.raises(ConfigError, match=message):
+            LearnedOptimizerCallback(small_net, **bad)  # refused before any training
 
 
 def test_callback_fails_early_on_an_unknown_name(pretrained_dir):

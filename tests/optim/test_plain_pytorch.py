@@ -36,6 +36,22 @@ def test_the_optimizer_and_the_package_root_load_no_lightning_or_meta_training_c
     assert probe("import l2l_lightning; l2l_lightning.LearnedOptimizer; l2l_lightning.CoordinatewiseLSTM")["loaded"] == []
 
 
+def test_the_subpackages_are_attributes_of_the_package_and_still_load_no_lightning():
+    found = probe("import l2l_lightning", "l2l_lightning.optim.available()")
+    assert found["loaded"] == [] and "fashion_mnist" in found["result"]
+
+
+def test_python_m_pretrained_prints_what_info_returns(tmp_path):
+    from l2l_lightning.optim.pretrained import info
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-m", "l2l_lightning.optim.pretrained", "quadratic"], capture_output=True,
+                         text=True, env=env, timeout=300, cwd=tmp_path)  # fmt: skip
+    assert out.returncode == 0 and out.stderr == ""  # no runpy warning: the package does not import it eagerly
+    shipped = ROOT / "l2l_lightning" / "pretrained" / "quadratic.pt"  # this process's name lookup is redirected
+    assert json.loads(out.stdout) == json.loads(json.dumps(info(shipped), default=str))
+
+
 def test_the_callback_and_meta_learner_still_come_on_first_use():
     loaded = probe("import l2l_lightning; l2l_lightning.LearnedOptimizerCallback; l2l_lightning.MetaLearner")["loaded"]
     assert "lightning" in loaded and "l2l_lightning.meta.module" in loaded

@@ -48,9 +48,9 @@ def _loading(mutate) -> None:
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda sd: sd["param_groups"][1].update(state_dtype="float8"), r"param group #1 has state_dtype='float8'; allowed"),
-        (lambda sd: sd["param_groups"][0].update(lr=-1.0), r"param group #0 has lr=-1.0 must be a finite non-negative"),
-        (lambda sd: sd["param_groups"][0].update(lr="fast"), r"param group #0 has lr='fast'"),
+        (lambda sd: sd["param_groups"][1].update(state_dtype="float8"), r"param group #1: state_dtype='float8'; allowed"),
+        (lambda sd: sd["param_groups"][0].update(lr=-1.0), r"param group #0: lr=-1.0 must be a finite non-negative"),
+        (lambda sd: sd["param_groups"][0].update(lr="fast"), r"param group #0: lr='fast'"),
         (lambda sd: sd["param_groups"][0].update(route=3), r"param group #0 has route=3"),
         (lambda sd: sd["state"][0].update(step=-2), r"parameter #0 \(5 elements\) has step=-2"),
         (lambda sd: sd["state"][0].update(step="2"), r"parameter #0 \(5 elements\) has step='2'"),
