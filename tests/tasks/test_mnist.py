@@ -129,7 +129,8 @@ def test_the_config_file_runs_end_to_end(root, tmp_path, capsys):
     main(["fit", "--config", str(CONFIGS / "mnist.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path), *fast, *small])
     assert "test/mean_loss" in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:  # no data there: one readable line, no traceback
-        main(["fit", "--config", str(CONFIGS / "fashion_mnist.yaml"), *fast, "--model.task.init_args.root", str(tmp_path)])
+        main(["fit", "--config", str(CONFIGS / "fashion_mnist.yaml"), "--trainer.logger.init_args.save_dir", str(tmp_path),
+              *fast, "--model.task.init_args.root", str(tmp_path)])  # fmt: skip
     assert exit_info.value.code == 2
     assert "l2l: error: Fashion-MNIST's training files not found" in capsys.readouterr().err
 
