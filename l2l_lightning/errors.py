@@ -45,6 +45,13 @@ def check_positive_int(name: str, value: Any, what: str = "") -> int:
     return value
 
 
+def check_nonnegative_int(name: str, value: Any, what: str = "") -> int:
+    """``value`` if it is an integer ``>= 0`` (not a bool), else a :class:`ConfigError` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{name}={value!r} must be a non-negative integer{what}")
+    return value
+
+
 def _is_real(value: Any) -> bool:
     return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 

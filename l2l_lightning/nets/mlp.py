@@ -39,7 +39,7 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from l2l_lightning.errors import ConfigError, check_choice, check_positive_float, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_positive_float, check_nonnegative_int, check_positive_int
 from l2l_lightning.nets.base import Inputs, LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
 from l2l_lightning.nets.mlp_kernel import (
@@ -262,8 +262,7 @@ class FeatureMLP(FeatureNet):
     ) -> None:
         super().__init__(momentum_decays, rms_decay, adafactor_decays, exp_mult, step_mult, scaling, output)
         check_positive_int("FeatureMLP: hidden_size", hidden_size)
-        if isinstance(hidden_layers, bool) or not isinstance(hidden_layers, int) or hidden_layers < 0:
-            raise ConfigError(f"FeatureMLP: hidden_layers={hidden_layers!r} must be an integer >= 0")
+        check_nonnegative_int("FeatureMLP: hidden_layers", hidden_layers)
         self.hidden_size, self.hidden_layers = hidden_size, hidden_layers
         sizes = [self.input_size] + [hidden_size] * hidden_layers + [2]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
