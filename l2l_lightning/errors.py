@@ -7,7 +7,7 @@ that ``except ValueError`` keeps working.
 
 import math
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, Optional
 
 
 class L2LError(Exception):
@@ -38,17 +38,29 @@ class DatasetError(L2LError, OSError):
 # ``<name>=<value> must be <kind><what>`` (``what`` says what the setting is for).
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_positive_int(name: str, value: Any, what: str = "") -> int:
     """``value`` if it is a positive integer (not a bool), else a :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+    if not _is_int(value) or value <= 0:
         raise ConfigError(f"{name}={value!r} must be a positive integer{what}")
     return value
 
 
 def check_nonnegative_int(name: str, value: Any, what: str = "") -> int:
     """``value`` if it is an integer ``>= 0`` (not a bool), else a :class:`ConfigError` naming ``name``."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+    if not _is_int(value) or value < 0:
         raise ConfigError(f"{name}={value!r} must be a non-negative integer{what}")
+    return value
+
+
+def check_int_range(name: str, value: Any, low: int, high: Optional[int] = None, what: str = "") -> int:
+    """``value`` if it is an integer from ``low`` to ``high`` (``None``: no bound; not a bool), else a :class:`ConfigError`."""
+    if not _is_int(value) or value < low or (high is not None and value > high):
+        kind = f"an integer >= {low}" if high is None else f"an integer from {low} to {high}"
+        raise ConfigError(f"{name}={value!r} must be {kind}{what}")
     return value
 
 
@@ -74,6 +86,14 @@ def check_probability(name: str, value: Any, what: str = "") -> float:
     """``float(value)`` if it is a number from 0 to 1 (not a bool), else a :class:`ConfigError`."""
     if not _is_real(value) or not 0 <= value <= 1:
         raise ConfigError(f"{name}={value!r} must be a number from 0 to 1{what}")
+    return float(value)
+
+
+def check_float_range(name: str, value: Any, low: float, high: float = math.inf, what: str = "") -> float:
+    """``float(value)`` if it is a finite number in ``[low, high)`` (not a bool), else a :class:`ConfigError`."""
+    if not _is_real(value) or not low <= value < high:
+        kind = f"a finite number >= {low}" if high == math.inf else f"a number in [{low}, {high})"
+        raise ConfigError(f"{name}={value!r} must be {kind}{what}")
     return float(value)
 
 

@@ -38,7 +38,7 @@ from typing import Any, Optional, Union
 
 import torch
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import check_positive_int
 
 #: Below this many coordinates per step, ``"auto"`` uses one thread (see the module docstring).
 SMALL_WORK_ROWS = 8192
@@ -58,12 +58,9 @@ def check_threads(setting: Any, name: str = "threads") -> ThreadsSetting:
         return setting
     if isinstance(setting, str) and setting.isascii() and setting.isdigit() and int(setting) > 0:  # '²'.isdigit()
         return int(setting)
-    if isinstance(setting, bool) or not isinstance(setting, int) or setting <= 0:
-        raise ConfigError(
-            f"{name}={setting!r}; allowed: 'auto' (one thread for small problems, torch's default otherwise) "
-            "or a positive integer (that many intra-op threads)"
-        )
-    return setting
+    return check_positive_int(
+        name, setting, " (that many intra-op threads) or 'auto' (one thread for small problems, torch's default otherwise)"
+    )
 
 
 def user_choice(environ: Optional[Mapping[str, str]] = None, current: Optional[int] = None) -> Optional[str]:

@@ -83,7 +83,7 @@ def test_unknown_preprocessing_lists_the_allowed_values(tmp_path, capsys):
     [
         (["--model.num_steps", "5"], "num_steps=5 is not a multiple of unroll=2"),
         (["--model.task.init_args.dim", "0"], "dim=0 must be a positive integer"),
-        (["--model.threads", "0"], "MetaLearner: threads='0'; allowed: 'auto'"),
+        (["--model.threads", "0"], "MetaLearner: threads='0' must be a positive integer (that many intra-op threads) or 'auto'"),
     ],
 )
 def test_bad_values_get_a_one_line_error(tmp_path, capsys, args, message):

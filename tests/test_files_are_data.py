@@ -359,17 +359,17 @@ _GAC = ["--model.net", "l2l_lightning.nets.GlobalAveragingLSTM"]
 @pytest.mark.parametrize(
     "args, message",
     [
-        ([*_PES, "--model.estimator.num_particles", "3"], "num_particles=3 must be an even integer"),
-        ([*_PES, "--model.estimator.num_particles", "0"], "num_particles=0 must be an even integer"),
-        ([*_PES, "--model.estimator.num_particles", "-2"], "num_particles=-2 must be an even integer"),
+        ([*_PES, "--model.estimator.num_particles", "3"], "num_particles=3 must be even (antithetic pairs"),
+        ([*_PES, "--model.estimator.num_particles", "0"], "num_particles=0 must be an integer >= 2, and even"),
+        ([*_PES, "--model.estimator.num_particles", "-2"], "num_particles=-2 must be an integer >= 2, and even"),
         ([*_PES, "--model.estimator.sigma", "0"], "sigma=0.0 must be a positive finite number"),
         ([*_PES, "--model.estimator.sigma", "-1"], "sigma=-1.0 must be a positive finite number"),
         (["--model.net.init_args.hidden_size", "0"], "hidden_size=0 must be a positive integer"),
         (["--model.net.init_args.hidden_size", "-1"], "hidden_size=-1 must be a positive integer"),
         (["--model.net.init_args.output_scale", "-1"], "output_scale=-1.0 must be a positive finite number"),
-        ([*_GAC, "--model.net.global_cells", "0"], "global_cells=0 must be an integer from 1 to hidden_size=20"),
+        ([*_GAC, "--model.net.global_cells", "0"], "global_cells=0 must be an integer from 1 to 20 (the cells"),
         (["--model.meta_optimizer.init_args.lr", "-1"], "meta_optimizer: Invalid learning rate: -1.0"),
-        (["--model.threads", "²"], "threads='²'; allowed: 'auto'"),
+        (["--model.threads", "²"], "threads='²' must be a positive integer (that many intra-op threads) or 'auto'"),
         (["--model.init_from", ""], "init_from='': checkpoint='' is empty"),
     ],
 )

@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from l2l_lightning.data.datasets import DEFAULT_VAL_SIZE, load_images
 from l2l_lightning.data.sources import read_text
-from l2l_lightning.errors import ConfigError, DatasetError, check_positive_int
+from l2l_lightning.errors import ConfigError, DatasetError, check_float_range, check_positive_int
 
 Batch = tuple[Any, Any]
 
@@ -117,8 +117,7 @@ class LeastSquares(DataStream):
     ) -> None:
         for name, value in (("dim", dim), ("examples", examples), ("batch_size", batch_size)):
             check_positive_int(name, value)
-        if not condition >= 1:
-            raise ConfigError(f"condition={condition!r} must be >= 1")
+        check_float_range("condition", condition, 1, what=" (the Hessian's condition number)")
         generator = torch.Generator().manual_seed(data_seed)
         scales = torch.logspace(0, -0.5 * torch.log10(torch.tensor(float(condition))).item(), dim)
         self.inputs = torch.randn(examples, dim, generator=generator) * scales

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2l_lightning.bench.data import DataStream
-from l2l_lightning.errors import ConfigError, DatasetError, L2LError
+from l2l_lightning.errors import ConfigError, DatasetError, L2LError, check_int_range
 
 LOSSES: dict[str, Callable[[Any, Any], Tensor]] = {
     "cross_entropy": lambda output, target: F.cross_entropy(output.flatten(0, -2), target.flatten()),
@@ -67,8 +67,7 @@ class BenchTask:
         if not isinstance(raw, dict) or not {"steps", "model", "data"} <= set(raw):
             raise ConfigError(f"task {path.stem}: {path} must be a mapping with steps, model and data (and loss)")
         task = cls(path.stem, raw["steps"], raw["model"], raw["data"], raw.get("loss", "cross_entropy"))
-        if isinstance(task.steps, bool) or not isinstance(task.steps, int) or task.steps < 2:
-            raise ConfigError(f"task {task.name}: steps={task.steps!r} must be an integer >= 2")
+        check_int_range(f"task {task.name}: steps", task.steps, 2)
         if task.loss not in LOSSES:
             raise ConfigError(f"task {task.name}: loss={task.loss!r}; allowed: {', '.join(LOSSES)}")
         for part in ("model", "data"):

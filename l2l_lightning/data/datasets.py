@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.data.readers import read_cifar_batch, read_idx
-from l2l_lightning.errors import ConfigError, DatasetError, check_choice, check_positive_int
+from l2l_lightning.errors import ConfigError, DatasetError, check_choice, check_int_range, check_positive_int
 
 DatasetName = Literal["mnist", "fashion_mnist", "cifar10"]
 #: Which data a draw trains on: meta-training draws ``"train"``, validation ``"val"``, test and
@@ -220,10 +220,10 @@ def load_images(
     check_positive_int("val_size", val_size)
     if classes is not None:
         classes = tuple(classes)
-        if len(set(classes)) != len(classes) or any(
-            not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < 10 for c in classes
-        ):
+        if len(set(classes)) != len(classes):
             raise ConfigError(f"classes={list(classes)!r} must be distinct labels in 0 … 9")
+        for c in classes:
+            check_int_range("classes entry", c, 0, 9, " (a label)")
     root = Path(root).expanduser().resolve()
     file_split = "test" if split == "test" else "train"
     if download and _locate(_SOURCES[dataset], root, file_split)[0] is None:

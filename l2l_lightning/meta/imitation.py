@@ -20,14 +20,13 @@ learned update's gradient, which evolution strategies never compute.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Optional
 
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_float
 from l2l_lightning.meta.baselines import BASELINES
 
 
@@ -59,15 +58,8 @@ class Imitation:
                 f"MetaLearner: imitation.teacher={self.teacher!r}; imitation needs a teacher: one of "
                 f"{sorted(BASELINES)}, with its tuned lr (e.g. from `l2l compare`)"
             )
-        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not (math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(
-                f"MetaLearner: imitation.lr={self.lr!r} must be the teacher's tuned learning rate, a positive number"
-            )
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not (
-            math.isfinite(self.weight) and self.weight > 0
-        ):
-            raise ConfigError(f"MetaLearner: imitation.weight={self.weight!r} must be a positive number")
-        self.lr, self.weight = float(self.lr), float(self.weight)
+        self.lr = check_positive_float("MetaLearner: imitation.lr", self.lr, " (the teacher's tuned learning rate)")
+        self.weight = check_positive_float("MetaLearner: imitation.weight", self.weight)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -16,7 +16,9 @@ from typing import Any, Iterable, Iterator, Literal, Optional, Union
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import CheckpointError, ConfigError, L2LError, check_bool, check_choice, check_positive_int
+from l2l_lightning.errors import (
+    CheckpointError, ConfigError, L2LError, check_bool, check_choice, check_float_range, check_positive_int,
+)
 from l2l_lightning.meta.estimators import OuterEstimator, TruncatedBPTT
 from l2l_lightning.meta.imitation import Imitation
 from l2l_lightning.meta.stream import check_curriculum
@@ -53,12 +55,10 @@ def check_settings(
         raise ConfigError(f"MetaLearner: baseline_lrs={list(baseline_lrs)!r} must be a non-empty list of positive floats")
     if not isinstance(task, Task):
         raise ConfigError(f"MetaLearner: task must be an l2l_lightning.tasks.Task, got {type(task).__name__}")
-    scaling = options["random_scaling"]
-    if isinstance(scaling, bool) or not isinstance(scaling, (int, float)) or not 0 <= scaling < 20:
-        raise ConfigError(
-            f"MetaLearner: random_scaling={scaling!r} must be a number in [0, 20): the half-width s of "
-            "log-scales c = exp(U[-s, s]) (0 = off)"
-        )
+    check_float_range(
+        "MetaLearner: random_scaling", options["random_scaling"], 0, 20,
+        ": the half-width s of log-scales c = exp(U[-s, s]) (0 = off)",
+    )
     horizons = check_curriculum(options["horizon_curriculum"], num_steps, unroll)
     check_choice("MetaLearner: loss_transform", options["loss_transform"], ("none", "log"))
     check_bool("MetaLearner: second_derivatives", options["second_derivatives"])

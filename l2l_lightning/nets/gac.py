@@ -34,7 +34,7 @@ from typing import Any, Optional, Sequence, get_args
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, check_choice
+from l2l_lightning.errors import ConfigError, check_choice, check_int_range
 from l2l_lightning.nets.layout import AverageOver, Layout
 from l2l_lightning.nets.kernel import FusedStep, PureForm, Rows
 from l2l_lightning.nets.lstm import CoordinatewiseLSTM
@@ -65,11 +65,10 @@ class GlobalAveragingLSTM(CoordinatewiseLSTM):
         average_over: AverageOver = "optimizee",
     ) -> None:
         super().__init__(hidden_size, num_layers, preprocess, p, output_scale)
-        if isinstance(global_cells, bool) or not isinstance(global_cells, int) or not 1 <= global_cells <= hidden_size:
-            raise ConfigError(
-                f"GlobalAveragingLSTM: global_cells={global_cells!r} must be an integer from 1 to "
-                f"hidden_size={hidden_size} (the cells of each layer that are averaged)"
-            )
+        check_int_range(
+            "GlobalAveragingLSTM: global_cells", global_cells, 1, hidden_size,
+            f" (the cells of each layer that are averaged, at most hidden_size={hidden_size})",
+        )
         check_choice("GlobalAveragingLSTM: average_over", average_over, get_args(AverageOver))
         self.global_cells = global_cells
         self.average_over = average_over

@@ -18,7 +18,7 @@ from typing import Iterable, Iterator, Literal, Optional
 
 from torch import Tensor, nn
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_nonnegative_int
 
 #: What a global statistic (e.g. the averaged cells of LSTM+GAC) is taken over.
 AverageOver = Literal["optimizee", "tensor"]
@@ -128,6 +128,5 @@ def as_layout(layout: "Layout | int") -> Layout:
     """``layout``, or a flat single-optimizee layout of that many coordinates."""
     if isinstance(layout, Layout):
         return layout
-    if isinstance(layout, bool) or not isinstance(layout, int) or layout < 0:
-        raise ConfigError(f"expected a Layout or a number of coordinates >= 0, got {layout!r}")
+    check_nonnegative_int("layout", layout, " (a number of coordinates) or a Layout")
     return Layout.flat(layout) if layout else Layout([])

@@ -39,7 +39,9 @@ from typing import Any, Literal, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from l2l_lightning.errors import ConfigError, check_choice, check_positive_float, check_nonnegative_int, check_positive_int
+from l2l_lightning.errors import (
+    ConfigError, check_choice, check_float_range, check_positive_float, check_nonnegative_int, check_positive_int,
+)
 from l2l_lightning.nets.base import Inputs, LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
 from l2l_lightning.nets.mlp_kernel import (
@@ -54,10 +56,7 @@ Output = Literal["linear", "tanh"]
 def _check_decays(name: str, decays: Sequence[float]) -> tuple[float, ...]:
     if isinstance(decays, (str, bytes)) or not isinstance(decays, Sequence) or not decays:
         raise ConfigError(f"{name}={decays!r} must be a non-empty list of decays in [0, 1)")
-    for decay in decays:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 <= decay < 1:
-            raise ConfigError(f"{name}={list(decays)!r}: every decay must be a number in [0, 1)")
-    return tuple(float(d) for d in decays)
+    return tuple(check_float_range(f"{name} entry", decay, 0, 1) for decay in decays)
 
 
 class FeatureNet(LearnedOptimizerNet):
@@ -96,7 +95,7 @@ class FeatureNet(LearnedOptimizerNet):
         name = type(self).__name__
         self.momentum_decays = _check_decays(f"{name}: momentum_decays", momentum_decays)
         self.adafactor_decays = _check_decays(f"{name}: adafactor_decays", adafactor_decays)
-        self.rms_decay = _check_decays(f"{name}: rms_decay", [rms_decay])[0]
+        self.rms_decay = check_float_range(f"{name}: rms_decay", rms_decay, 0, 1)
         if len(self.adafactor_decays) > len(self.momentum_decays):
             raise ConfigError(
                 f"{name}: {len(self.adafactor_decays)} adafactor_decays but {len(self.momentum_decays)} "

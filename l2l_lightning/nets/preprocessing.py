@@ -15,7 +15,7 @@ from typing import Literal, get_args
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_float
 
 PreprocessName = Literal["none", "log_sign", "clamped"]
 PREPROCESS_NAMES: tuple[str, ...] = get_args(PreprocessName)
@@ -28,8 +28,7 @@ def check_preprocess(name: str, p: float) -> None:
             f"preprocess={name!r} is not a known gradient preprocessing; "
             f"allowed values: {', '.join(repr(n) for n in PREPROCESS_NAMES)}"
         )
-    if not (isinstance(p, (int, float)) and math.isfinite(p) and p > 0):
-        raise ConfigError(f"p={p!r} must be a positive finite number (the paper uses 10, the authors' code 5)")
+    check_positive_float("p", p, " (the paper uses 10, the authors' code 5)")
 
 
 def num_features(name: str) -> int:

@@ -6,7 +6,7 @@ from typing import Optional, Sequence
 
 from torch import nn
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_int_range
 from l2l_lightning.tasks.classification import ImageClassificationTask, check_sizes
 
 
@@ -59,12 +59,11 @@ class CIFAR10Task(ImageClassificationTask):
         self.root = str(root)
         self.val_size = val_size
         self.classes = None if classes is None else list(classes)
-        if self.classes is not None and (
-            len(self.classes) < 2
-            or len(set(self.classes)) != len(self.classes)
-            or any(not isinstance(c, int) or isinstance(c, bool) or not 0 <= c < 10 for c in self.classes)
-        ):
-            raise ConfigError(f"CIFAR10Task: classes={self.classes!r} must be at least 2 distinct labels in 0 … 9")
+        if self.classes is not None:
+            if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+                raise ConfigError(f"CIFAR10Task: classes={self.classes!r} must be at least 2 distinct labels in 0 … 9")
+            for c in self.classes:
+                check_int_range("CIFAR10Task: classes entry", c, 0, 9, " (a CIFAR-10 label)")
         self.conv_channels = check_sizes("CIFAR10Task", "conv_channels", conv_channels)
         if len(self.conv_channels) > 5:
             raise ConfigError(

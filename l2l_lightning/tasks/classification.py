@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from l2l_lightning.data import LabeledImages, load_images
-from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_nonnegative_float, check_positive_int
 from l2l_lightning.tasks.base import ModuleProblem, Split, Task
 
 
@@ -115,8 +115,8 @@ class ImageClassificationTask(Task):
         owner = type(self).__name__
         check_positive_int(f"{owner}: val_size", self.val_size)
         check_positive_int(f"{owner}: batch_size", self.batch_size)
-        if self.init_std is not None and not self.init_std >= 0:
-            raise ConfigError(f"{owner}: init_std={self.init_std!r} must be >= 0, or null for PyTorch's default init")
+        if self.init_std is not None:
+            check_nonnegative_float(f"{owner}: init_std", self.init_std, ", or null for PyTorch's default init")
 
     @abstractmethod
     def build_module(self) -> nn.Module:

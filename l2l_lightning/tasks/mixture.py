@@ -229,10 +229,8 @@ class TaskMixture(Task):
         for name, settings in self.families.items():
             settings = dict(settings)
             weight = settings.pop("weight", 1.0)
-            if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
-                raise ConfigError(f"TaskMixture: {name}.weight={weight!r} must be a number >= 0")
+            weights.append(check_nonnegative_float(f"TaskMixture: {name}.weight", weight))
             built.append(FAMILIES[name](name, settings, self))
-            weights.append(float(weight))
         if not sum(weights) > 0 or sum(weights) == float("inf"):
             raise ConfigError(f"TaskMixture: the family weights {weights} must sum to a positive finite number")
         return built, torch.tensor(weights, dtype=torch.float64)

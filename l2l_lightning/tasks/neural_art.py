@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from l2l_lightning.data.images import center_crop, load_image_splits, random_crops, read_image
-from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
+from l2l_lightning.errors import ConfigError, check_choice, check_nonnegative_float, check_nonnegative_int, check_positive_int
 from l2l_lightning.tasks.base import Problem, Split, Task
 from l2l_lightning.tasks.features import FEATURE_NETS, FeatureNet, default_layers, feature_net
 
@@ -143,8 +143,7 @@ class NeuralArtTask(Task):
         owner = "NeuralArtTask"
         for name, value in (("resolution", resolution), ("images_per_draw", images_per_draw), ("test_images", test_images)):
             check_positive_int(f"{owner}: {name}", value)
-        if not isinstance(val_images, int) or val_images < 0:
-            raise ConfigError(f"{owner}: val_images={val_images!r} must be an integer >= 0")
+        check_nonnegative_int(f"{owner}: val_images", val_images)
         check_choice(f"{owner}: init", init, get_args(Init))
         check_choice(f"{owner}: feature_net", feature_net, FEATURE_NETS)
         if feature_net == "vgg19" and vgg_weights is None and not download:
@@ -153,8 +152,7 @@ class NeuralArtTask(Task):
                 "(or 'random' to measure cost), or download: true to let torchvision fetch them (needs internet)"
             )
         for name, value in (("content_weight", content_weight), ("style_weight", style_weight)):
-            if not value >= 0:
-                raise ConfigError(f"{owner}: {name}={value!r} must be >= 0")
+            check_nonnegative_float(f"{owner}: {name}", value)
         self.content_root, self.style_image = str(content_root), str(style_image)
         self.content_files = None if content_files is None else [str(f) for f in content_files]
         self.resolution, self.images_per_draw = resolution, images_per_draw

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import ConfigError, check_choice, check_positive_int
+from l2l_lightning.errors import check_choice, check_nonnegative_float, check_positive_int
 from l2l_lightning.tasks.base import Problem, Split, Task
 
 
@@ -48,12 +48,10 @@ class QuadraticTask(Task):
         for name, value in (("dim", dim), ("num_problems", num_problems)):
             check_positive_int(f"QuadraticTask: {name}", value)
         check_choice("QuadraticTask: distribution", distribution, ("normal", "uniform"))
-        if not init_std >= 0:
-            raise ConfigError(f"QuadraticTask: init_std={init_std!r} must be >= 0")
         self.dim = dim
         self.num_problems = num_problems
         self.distribution = distribution
-        self.init_std = float(init_std)
+        self.init_std = check_nonnegative_float("QuadraticTask: init_std", init_std)
 
     def sample(
         self, generator: torch.Generator, device: torch.device | str = "cpu", split: Split = "train"

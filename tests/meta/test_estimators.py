@@ -67,7 +67,7 @@ def test_pes_is_unbiased_for_the_exact_meta_gradient_over_several_truncations():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"num_particles": 3}, "num_particles=3 must be an even integer >= 2"),
+        ({"num_particles": 3}, r"num_particles=3 must be even \(antithetic pairs"),
         ({"num_particles": 0}, "num_particles=0"),
         ({"sigma": 0.0}, "sigma=0.0 must be a positive finite number"),
         ({"sigma": float("inf")}, "sigma=inf"),

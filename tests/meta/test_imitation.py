@@ -75,7 +75,7 @@ def test_the_teachers_state_survives_checkpoint_and_resume_bit_exactly(tmp_path,
     [
         ({"lr": 1.0}, "imitation needs a teacher"),
         ({"teacher": "lbfgs", "lr": 1.0}, "imitation needs a teacher: one of"),
-        ({"teacher": "adam"}, "imitation.lr=None must be the teacher's tuned learning rate"),
+        ({"teacher": "adam"}, r"imitation.lr=None must be a positive finite number \(the teacher's tuned learning rate\)"),
         ({"teacher": "adam", "lr": float("inf")}, "imitation.lr=inf"),
         ({"teacher": "adam", "lr": 0.1, "weight": 0}, "imitation.weight=0"),
     ],

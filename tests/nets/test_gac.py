@@ -115,7 +115,7 @@ def test_meta_gradient_reaches_every_weight_through_the_averages():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"global_cells": 0}, "global_cells=0 must be an integer from 1 to hidden_size=6"),
+        ({"global_cells": 0}, r"global_cells=0 must be an integer from 1 to 6 \(.*at most hidden_size=6\)"),
         ({"global_cells": 7}, "global_cells=7"),
         ({"average_over": "layer"}, "average_over='layer'; allowed: 'optimizee', 'tensor'"),
     ],

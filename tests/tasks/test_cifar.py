@@ -80,7 +80,7 @@ def test_splits_and_batch_norm_off(root):
     [
         (dict(classes=[3]), "at least 2 distinct labels"),
         (dict(classes=[3, 3]), "at least 2 distinct labels"),
-        (dict(classes=[3, 10]), "at least 2 distinct labels in 0 … 9"),
+        (dict(classes=[3, 10]), r"classes entry=10 must be an integer from 0 to 9 \(a CIFAR-10 label\)"),
         (dict(conv_channels=[8] * 6), "at most 5"),
         (dict(hidden_sizes=[-1]), "hidden_sizes=-1"),
     ],

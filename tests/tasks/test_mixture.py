@@ -87,7 +87,7 @@ def test_reparametrisation_keeps_the_function_and_changes_the_scales(roots):
     [
         (dict(families={"mlp": {}, "resnet": {}}), "unknown family 'resnet'"),
         (dict(families={"mlp": {"weight": 0}, "cnn": {"weight": 0}}), "must sum to a positive"),
-        (dict(families={"mlp": {"weight": -1}}), "mlp.weight=-1 must be a number >= 0"),
+        (dict(families={"mlp": {"weight": -1}}), "mlp.weight=-1 must be a finite non-negative number"),
         (dict(families={"mlp": {"widht": [4]}}), "family 'mlp' has no setting 'widht'"),
         (dict(families={"mlp": {"activations": ["swish"]}}), "'swish'; allowed"),
         (dict(families={"cnn": {"channels": []}}), "cnn.channels=[] must list"),

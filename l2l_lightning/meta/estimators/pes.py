@@ -33,7 +33,7 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from l2l_lightning.torch_compat import tree_map
 
-from l2l_lightning.errors import ConfigError, check_positive_float
+from l2l_lightning.errors import ConfigError, check_int_range, check_positive_float
 from l2l_lightning.meta.estimators.base import OuterEstimator, Truncation, TruncationResult
 from l2l_lightning.meta.unroll import unroll
 from l2l_lightning.nets.base import LearnedOptimizerNet
@@ -48,10 +48,10 @@ class PES(OuterEstimator):
     """
 
     def __init__(self, num_particles: int = 8, sigma: float = 0.01) -> None:
-        if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 2 or num_particles % 2:
-            raise ConfigError(
-                f"PES: num_particles={num_particles!r} must be an even integer >= 2 (antithetic pairs: +ε and −ε)"
-            )
+        pairs = " (antithetic pairs: +ε and −ε)"
+        check_int_range("PES: num_particles", num_particles, 2, what=f", and even{pairs}")
+        if num_particles % 2:
+            raise ConfigError(f"PES: num_particles={num_particles!r} must be even{pairs}")
         check_positive_float("PES: sigma", sigma, " (the perturbations' std)")
         self.num_particles = num_particles
         self.sigma = float(sigma)
