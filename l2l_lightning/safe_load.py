@@ -36,7 +36,6 @@ import importlib.util
 import os
 import pickle
 import re
-import secrets
 import stat
 import sys
 from collections.abc import Mapping
@@ -303,7 +302,7 @@ def _create_temporary(path: Path) -> tuple[Path, int]:
     target's mode is copied, since ``open(path, "w")`` keeps it.
     """
     while True:
-        tmp = path.parent / _temporary_name(path, secrets.token_hex(6))
+        tmp = path.parent / _temporary_name(path, os.urandom(6).hex())
         try:
             handle = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
             break

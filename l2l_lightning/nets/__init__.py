@@ -1,31 +1,57 @@
-"""Learned optimizer networks: the interface (:mod:`~l2l_lightning.nets.base`) and the paper's nets."""
+"""Learned optimizer networks: the interface (:mod:`~l2l_lightning.nets.base`) and the paper's nets.
 
-from l2l_lightning.nets.base import LearnedOptimizerNet
-from l2l_lightning.nets.inputs import Inputs, StepInputs
-from l2l_lightning.nets.kernel import ChunkKernel
-from l2l_lightning.nets.layout import Layout, Segment
-from l2l_lightning.nets.gac import GlobalAveragingLSTM
-from l2l_lightning.nets.lstm import CoordinatewiseLSTM, FusedLSTMCell
-from l2l_lightning.nets.feature_lstm import FeatureLSTM
-from l2l_lightning.nets.mlp import FeatureMLP, FeatureNet
-from l2l_lightning.nets.preprocessing import PREPROCESS_NAMES, preprocess
-from l2l_lightning.nets.routed import BoundNets, RoutedNets
+Every public name is imported on first use (PEP 562), as in :mod:`l2l_lightning.optim`: deploying
+one optimizer imports the interface and that optimizer's net, not every net family.
+"""
 
-__all__ = [
-    "BoundNets",
-    "ChunkKernel",
-    "CoordinatewiseLSTM",
-    "FeatureLSTM",
-    "FeatureMLP",
-    "FeatureNet",
-    "FusedLSTMCell",
-    "GlobalAveragingLSTM",
-    "Inputs",
-    "Layout",
-    "LearnedOptimizerNet",
-    "PREPROCESS_NAMES",
-    "RoutedNets",
-    "Segment",
-    "StepInputs",
-    "preprocess",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+#: public name -> the module that defines it.
+_EXPORTS: dict[str, str] = {
+    "BoundNets": "l2l_lightning.nets.routed",
+    "ChunkKernel": "l2l_lightning.nets.kernel",
+    "CoordinatewiseLSTM": "l2l_lightning.nets.lstm",
+    "FeatureLSTM": "l2l_lightning.nets.feature_lstm",
+    "FeatureMLP": "l2l_lightning.nets.mlp",
+    "FeatureNet": "l2l_lightning.nets.mlp",
+    "FusedLSTMCell": "l2l_lightning.nets.lstm",
+    "GlobalAveragingLSTM": "l2l_lightning.nets.gac",
+    "Inputs": "l2l_lightning.nets.inputs",
+    "Layout": "l2l_lightning.nets.layout",
+    "LearnedOptimizerNet": "l2l_lightning.nets.base",
+    "PREPROCESS_NAMES": "l2l_lightning.nets.preprocessing",
+    "RoutedNets": "l2l_lightning.nets.routed",
+    "Segment": "l2l_lightning.nets.layout",
+    "StepInputs": "l2l_lightning.nets.inputs",
+    "preprocess": "l2l_lightning.nets.preprocessing",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value  # later look-ups skip this function
+        return value
+    raise AttributeError(f"module 'l2l_lightning.nets' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)
+
+
+if TYPE_CHECKING:
+    from l2l_lightning.nets.base import LearnedOptimizerNet
+    from l2l_lightning.nets.feature_lstm import FeatureLSTM
+    from l2l_lightning.nets.gac import GlobalAveragingLSTM
+    from l2l_lightning.nets.inputs import Inputs, StepInputs
+    from l2l_lightning.nets.kernel import ChunkKernel
+    from l2l_lightning.nets.layout import Layout, Segment
+    from l2l_lightning.nets.lstm import CoordinatewiseLSTM, FusedLSTMCell
+    from l2l_lightning.nets.mlp import FeatureMLP, FeatureNet
+    from l2l_lightning.nets.preprocessing import PREPROCESS_NAMES, preprocess
+    from l2l_lightning.nets.routed import BoundNets, RoutedNets
