@@ -84,12 +84,22 @@ def pretrained_dir(tmp_path, monkeypatch) -> Path:
     return directory
 
 
-@pytest.fixture(scope="session")
-def example() -> ModuleType:
-    """``examples/mlp_with_learned_optimizer.py`` imported as a module."""
-    path = REPO / "examples" / "mlp_with_learned_optimizer.py"
-    spec = importlib.util.spec_from_file_location("mlp_with_learned_optimizer", path)
+def _import_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "examples" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="session")
+def example() -> ModuleType:
+    """``examples/mlp_with_learned_optimizer.py`` imported as a module."""
+    return _import_example("mlp_with_learned_optimizer")
+
+
+@pytest.fixture(scope="session")
+def cnn_example() -> ModuleType:
+    """``examples/cnn_with_learned_optimizer.py`` imported as a module."""
+    return _import_example("cnn_with_learned_optimizer")
