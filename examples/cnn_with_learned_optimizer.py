@@ -4,7 +4,7 @@
 16 channels, a linear layer to 10 classes) with Adam in its own ``configure_optimizers``.  The
 learned optimizer replaces that Adam through one callback, nothing else changes::
 
-    trainer = L.Trainer(max_steps=N, callbacks=[LearnedOptimizerCallback("fashion_mnist")])
+    trainer = L.Trainer(max_steps=N, callbacks=[LearnedOptimizerCallback("general")])
     trainer.fit(SmallCNN(), loader)
 
 For each horizon of ``--steps`` the learned optimizer trains a fresh network, and Adam trains the
@@ -50,8 +50,8 @@ from l2l_lightning.meta.baselines import next_rate_past_edge
 
 Checkpoint = Union[str, nn.Module]
 
-#: The learned optimizer used unless ``--checkpoint`` says otherwise (to become ``"general"``).
-DEFAULT_CHECKPOINT = "fashion_mnist"
+#: The learned optimizer used unless ``--checkpoint`` says otherwise.
+DEFAULT_CHECKPOINT = "general"
 DEFAULT_DATA_ROOT = "/usr/share/datasets/fashion-mnist"
 #: Adam's learning rates; the grid is extended past an edge up to ``ADAM_EXTEND`` times.
 ADAM_LRS = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2)

@@ -1,14 +1,14 @@
 """Train a stock LightningModule with a learned optimizer (Andrychowicz et al., 2016).
 
 Two of the three ways to plug one in are shown here (the third, LightningCLI, needs no
-code: ``--optimizer l2l_lightning.LearnedOptimizer --optimizer.checkpoint fashion_mnist``):
+code: ``--optimizer l2l_lightning.LearnedOptimizer --optimizer.checkpoint general``):
 
 1. ``--way module``: the module's ``configure_optimizers`` returns ``LearnedOptimizer``.
 2. ``--way callback``: the module keeps its Adam; ``LearnedOptimizerCallback`` swaps it.
 
 Run::
 
-    python examples/mlp_with_learned_optimizer.py                      # shipped "fashion_mnist", lr 0.3
+    python examples/mlp_with_learned_optimizer.py                      # shipped "general", lr 1 (as trained)
     python examples/mlp_with_learned_optimizer.py --lr 0.1
     python examples/mlp_with_learned_optimizer.py --checkpoint runs/quadratic/version_0/checkpoints/last.ckpt
     python examples/mlp_with_learned_optimizer.py --way callback --precision bf16-mixed
@@ -84,7 +84,7 @@ class MLPWithLearnedOptimizer(MLP):
     """
 
     def __init__(
-        self, checkpoint: Checkpoint = "fashion_mnist", lr: float = 0.3, state_dtype: str = "float32", **kwargs: Any
+        self, checkpoint: Checkpoint = "general", lr: float = 1.0, state_dtype: str = "float32", **kwargs: Any
     ) -> None:
         super().__init__(**kwargs)
         # A plain dict, not attributes: a net instance assigned to the module would become a
@@ -96,7 +96,7 @@ class MLPWithLearnedOptimizer(MLP):
 
 
 def build(
-    way: str, checkpoint: Checkpoint, lr: float = 0.3, state_dtype: str = "float32", shuffle: bool = True
+    way: str, checkpoint: Checkpoint, lr: float = 1.0, state_dtype: str = "float32", shuffle: bool = True
 ) -> tuple[MLP, list[L.Callback]]:
     """The module and the callbacks for ``way`` (``"module"`` or ``"callback"``)."""
     if way == "module":
@@ -132,10 +132,10 @@ def main(argv: Optional[Sequence[str]] = None, checkpoint: Optional[Checkpoint] 
     ``checkpoint`` (a net instance, say) overrides ``--checkpoint``; tests use it.
     """
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkpoint", default="fashion_mnist", help="shipped name, exported .pt or MetaLearner .ckpt")
+    parser.add_argument("--checkpoint", default="general", help="shipped name, exported .pt or MetaLearner .ckpt")
     parser.add_argument("--way", choices=("module", "callback"), default="module")
     parser.add_argument("--precision", default="32-true", help="e.g. 32-true, bf16-mixed")
-    parser.add_argument("--lr", type=float, default=0.3, help="multiplier of the learned update (try 0.1 to 1)")
+    parser.add_argument("--lr", type=float, default=1.0, help="multiplier of the learned update (1: as meta-trained)")
     parser.add_argument("--state-dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--max-epochs", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)

@@ -4,8 +4,8 @@
 Lightning nor the meta-training code, so it drops into any loop (a hand-written one as
 here, Hugging Face ``Trainer(optimizers=...)``, torchtitan...).  Run::
 
-    python examples/plain_pytorch_loop.py                        # the shipped "fashion_mnist" optimizer, lr 0.3
-    python examples/plain_pytorch_loop.py --lr 1.0 --steps 200   # lr: try 0.1 to 1 (see the README's table)
+    python examples/plain_pytorch_loop.py                        # the shipped "general" optimizer, lr 1 (as trained)
+    python examples/plain_pytorch_loop.py --steps 200
 
 It fits a small MLP to a synthetic regression problem and prints the loss every few steps.
 """
@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from l2l_lightning.optim import LearnedOptimizer
 
 
-def train(checkpoint: str = "fashion_mnist", steps: int = 100, seed: int = 0, lr: float = 0.3) -> list[float]:
+def train(checkpoint: str = "general", steps: int = 100, seed: int = 0, lr: float = 1.0) -> list[float]:
     """Train the MLP for ``steps`` full-batch steps; return the loss before each step."""
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(256, 10, generator=generator)
@@ -42,9 +42,9 @@ def train(checkpoint: str = "fashion_mnist", steps: int = 100, seed: int = 0, lr
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", default="fashion_mnist", help="a shipped name or a path to a trained optimizer")
+    parser.add_argument("--checkpoint", default="general", help="a shipped name or a path to a trained optimizer")
     parser.add_argument("--steps", type=int, default=100)
-    parser.add_argument("--lr", type=float, default=0.3, help="multiplier of the learned update (try 0.1 to 1)")
+    parser.add_argument("--lr", type=float, default=1.0, help="multiplier of the learned update (1: as meta-trained)")
     args = parser.parse_args(argv)
     losses = train(args.checkpoint, args.steps, lr=args.lr)
     for step in range(0, len(losses), max(1, len(losses) // 10)):

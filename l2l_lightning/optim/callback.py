@@ -60,7 +60,7 @@ class LearnedOptimizerCallback(L.Callback):
 
     Example::
 
-        trainer = L.Trainer(callbacks=[LearnedOptimizerCallback("fashion_mnist")])
+        trainer = L.Trainer(callbacks=[LearnedOptimizerCallback("general")])
         trainer.fit(model)  # model.configure_optimizers() may return Adam; LearnedOptimizer is used
     """
 

@@ -39,7 +39,7 @@ def test_the_trained_net_is_what_makes_the_loss_fall(example):
 def test_the_example_prints_tuned_adam_beside_the_learned_optimizer(example, trained_net, capsys):
     example.main(["--max-epochs", "2"], checkpoint=trained_net)
     learned, adam = capsys.readouterr().out.strip().splitlines()[-2:]
-    assert learned.startswith("LearnedOptimizer (lr 0.3): mean training loss")
+    assert learned.startswith("LearnedOptimizer (lr 1): mean training loss")
     assert adam.startswith("Adam, lr tuned on [0.001, 0.003, 0.01, 0.03, 0.1, 0.3] (best ") and "(epoch 2)" in adam
 
 
