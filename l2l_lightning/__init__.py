@@ -7,9 +7,9 @@ neither Lightning nor the meta-training code, tasks, datasets or plotting.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from l2l_lightning.lazy import lazy_exports
 from l2l_lightning.version import __version__ as __version__
 
 #: public name -> the module that defines it
@@ -50,18 +50,7 @@ _SUBPACKAGES = ("data", "meta", "nets", "optim", "tasks")
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value  # later look-ups skip this function
-        return value
-    if name in _SUBPACKAGES:
-        return importlib.import_module(f"l2l_lightning.{name}")  # the import sets the attribute
-    raise AttributeError(f"module 'l2l_lightning' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, _SUBPACKAGES)
 
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, imported eagerly

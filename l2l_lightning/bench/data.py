@@ -18,7 +18,7 @@ from torch.nn import functional as F
 
 from l2l_lightning.data.datasets import DEFAULT_VAL_SIZE, load_images
 from l2l_lightning.data.sources import read_text
-from l2l_lightning.errors import ConfigError, DatasetError, check_float_range, check_positive_int
+from l2l_lightning.errors import ConfigError, DatasetError, check_choice, check_float_range, check_positive_int
 
 Batch = tuple[Any, Any]
 
@@ -67,10 +67,8 @@ class ImageClassification(DataStream):
     ) -> None:
         if dataset == "mnist":
             raise ConfigError("dataset='mnist': MNIST digits are reserved for checks outside the project; use fashion_mnist")
-        if dataset not in ("fashion_mnist", "cifar10"):
-            raise ConfigError(f"dataset={dataset!r}; allowed: 'fashion_mnist', 'cifar10'")
-        if target not in ("labels", "images"):
-            raise ConfigError(f"target={target!r}; allowed: 'labels', 'images'")
+        check_choice("dataset", dataset, ("fashion_mnist", "cifar10"))
+        check_choice("target", target, ("labels", "images"))
         self.size, self.batch_size = check_positive_int("size", size), check_positive_int("batch_size", batch_size)
         if not Path(root).expanduser().is_dir():
             raise DatasetError(f"data folder {root} does not exist; {_INSTALL[dataset]}")
