@@ -24,7 +24,9 @@ from l2l_lightning.meta.baselines import BASELINES
 Schedule = Literal["constant", "cosine"]
 #: ``package.module.Class``: a hand-designed optimizer; anything else is a learned one (name or file).
 _CLASS_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$")
-Factory = Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]
+#: ``factory(params, lr, total_steps)``: the run's length is told to every optimizer, as the cosine
+#: schedule is; baselines ignore it, a learned optimizer with a learned schedule reads it.
+Factory = Callable[[list[torch.nn.Parameter], float, int], torch.optim.Optimizer]
 
 #: ``l2l bench``'s baselines: name -> (``meta.baselines`` optimizer or ``"adamw"``, schedule); library defaults otherwise.
 BENCH_BASELINES: dict[str, tuple[str, Schedule]] = {
@@ -35,7 +37,17 @@ BENCH_BASELINES: dict[str, tuple[str, Schedule]] = {
 }
 #: The baselines whose curves define "tuned Adam" for the speedup.
 ADAM_REFERENCE = ("adam", "adam_cosine")
-_FACTORIES: dict[str, Factory] = {**BASELINES, "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr)}
+
+
+def _run_length_unused(make: Callable[[list[torch.nn.Parameter], float], torch.optim.Optimizer]) -> Factory:
+    """A :data:`Factory` of an optimizer that does not read the run's length."""
+    return lambda params, lr, total_steps: make(params, lr)
+
+
+_FACTORIES: dict[str, Factory] = {
+    name: _run_length_unused(make)
+    for name, make in {**BASELINES, "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr)}.items()
+}
 
 #: Log grids (half decades), 6 rates each; extended when the best rate is at an edge.
 DEFAULT_GRIDS: dict[str, list[float]] = {
@@ -82,7 +94,7 @@ def contender(entry: str, grids: dict[str, list[float]], learned_lrs: list[float
         if not (inspect.isclass(cls) and issubclass(cls, torch.optim.Optimizer)):
             raise ConfigError(f"unknown optimizer {entry!r}: {spec} is not a torch.optim.Optimizer class")
         label = name if label == spec else label
-        return [Contender(label, lambda params, lr: cls(params, lr=lr), f"class:{spec}", "constant", True, list(grids.get("torch", DEFAULT_GRIDS["torch"])))]
+        return [Contender(label, _run_length_unused(lambda params, lr: cls(params, lr=lr)), f"class:{spec}", "constant", True, list(grids.get("torch", DEFAULT_GRIDS["torch"])))]
     from l2l_lightning.optim.learned import LearnedOptimizer
     from l2l_lightning.optim.pretrained import load_net
     from l2l_lightning.serialization import fingerprint
@@ -93,8 +105,8 @@ def contender(entry: str, grids: dict[str, list[float]], learned_lrs: list[float
         raise ConfigError(f"unknown optimizer {entry!r}: {error}") from None
     identity = f"learned:{fingerprint(net)}"
 
-    def factory(params: list[torch.nn.Parameter], lr: float) -> torch.optim.Optimizer:
-        return LearnedOptimizer(params, checkpoint=net, lr=lr)
+    def factory(params: list[torch.nn.Parameter], lr: float, total_steps: int) -> torch.optim.Optimizer:
+        return LearnedOptimizer(params, checkpoint=net, lr=lr, total_steps=total_steps if net.inputs.horizon else None)
 
     rates = [1.0] + [lr for lr in learned_lrs if lr != 1.0]
     return [Contender(label if lr == 1.0 else f"{label}@{lr:g}", factory, identity, "constant", False, [lr]) for lr in rates]

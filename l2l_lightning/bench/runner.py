@@ -49,7 +49,7 @@ def train(task: BenchTask, contender: Contender, lr: float, seed: int, steps: in
     model = task.build_model(seed).train()
     data, loss_fn = task.build_data(), task.loss_fn()
     generator = _data_generator(seed)
-    optimizer = contender.factory([p for p in model.parameters() if p.requires_grad], lr)
+    optimizer = contender.factory([p for p in model.parameters() if p.requires_grad], lr, task.steps)
     schedule = scheduler(optimizer, contender.schedule, task.steps)
     curve, times, diverged, first = [], [], False, None
     with warnings.catch_warnings():

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import inspect
 import warnings
+from dataclasses import replace
 from typing import Any, Literal, Optional, Sequence, Union
 
 import lightning as L
@@ -38,7 +39,7 @@ from l2l_lightning.meta.settings import (
     LossTransform, LossWeights, build_meta_optimizer, callable_spec, check_is_meta_learner_checkpoint,
     check_settings, checked_checkpoint_file, describe_spec, initial_net, loss_weights_for,
 )  # fmt: skip
-from l2l_lightning.meta.stream import Carry, ProblemStream
+from l2l_lightning.meta.stream import ProblemStream, check_horizon_choices
 from l2l_lightning.meta.unroll import evaluate_learned
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.serialization import NET_KEY, net_from_spec
@@ -80,6 +81,9 @@ class MetaLearner(L.LightningModule):
             the stage's best (Chen et al. 2020, "Training stronger baselines for learning to
             optimize"); after the last entry, ``num_steps``.  ``None`` (default): ``num_steps``
             from the start, as in the paper.
+        horizon_choices: draw each training problem's horizon from this list (multiples of
+            ``unroll``, at most ``num_steps``), so that a net with a learned schedule
+            (``schedule: true``) meets runs of several lengths.  ``None`` (default): all ``num_steps``.
         imitation: an auxiliary meta-loss pulling each learned update towards a tuned
             hand-designed optimizer's on the same trajectory (Chen et al. 2020;
             :mod:`l2l_lightning.meta.imitation`), e.g. ``{teacher: nag, lr: 1.0, weight: 0.1}``;
@@ -129,6 +133,7 @@ class MetaLearner(L.LightningModule):
         estimator: Optional[OuterEstimator] = None,
         random_scaling: float = 0.0,
         horizon_curriculum: Optional[list[int]] = None,
+        horizon_choices: Optional[list[int]] = None,
         imitation: Optional[Imitation] = None,
         init_from: Optional[str] = None,
         meta_optimizer: OptimizerCallable = torch.optim.Adam,
@@ -161,7 +166,8 @@ class MetaLearner(L.LightningModule):
         self.curves = nn.ModuleDict({stage: CurveMean(num_steps) for stage in ("val", "test")})
         draws = {"val": (val_problems, val_seed), "test": (test_problems, test_seed)}
         self.evaluation = HeldOutEvaluation(task, num_steps, self.baseline_lrs, draws)
-        self.stream = ProblemStream(task, self.random_scaling, horizons)
+        choices = check_horizon_choices(horizon_choices, num_steps, unroll, horizon_curriculum)
+        self.stream = ProblemStream(task, self.random_scaling, horizons, choices)
         self._loss_finite, self._nonfinite_in_row, self._skipped = True, 0, 0
         self._resume: Optional[dict[str, Any]] = None  #: a checkpoint's problem stream, applied at train start
 
@@ -233,15 +239,15 @@ class MetaLearner(L.LightningModule):
             self.imitation.reset()  # the teacher starts afresh with the problem
         run = Truncation(
             self.net, carry.bound, carry.problem, carry.theta, carry.state, carry.step, self.unroll,
-            fresh=carry.step == 0, objective=self.objective, second_derivatives=self.second_derivatives,
-            imitation=self.imitation,
+            fresh=carry.step == 0, objective=self.objective, horizon=self.stream.horizon_of(carry),
+            second_derivatives=self.second_derivatives, imitation=self.imitation,
         )  # fmt: skip
         result = self.estimator.truncation(run)
-        self.stream.carry = Carry(carry.problem, carry.bound, result.theta, result.state, carry.step + self.unroll)
+        self.stream.carry = replace(carry, theta=result.theta, state=result.state, step=carry.step + self.unroll)
         self._loss_finite = bool(torch.isfinite(result.loss)) and bool(torch.isfinite(result.meta_loss))
         self.log("meta/loss", result.meta_loss, prog_bar=True)
-        if len(self.stream.horizons) > 1:
-            self.log("meta/horizon", float(self.horizon))
+        if len(self.stream.horizons) > 1 or self.stream.choices:
+            self.log("meta/horizon", float(run.horizon))
         self.log("meta/final_loss", result.final_loss)
         for name, value in result.extra.items():
             self.log(f"meta/{name}", value)

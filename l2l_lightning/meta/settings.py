@@ -126,13 +126,14 @@ def initial_net(net: Optional[LearnedOptimizerNet], init_from: Optional[str]) ->
         raise ConfigError(f"MetaLearner: init_from={init_from!r}: {error}") from error
     if net is None:
         return trained.requires_grad_(True).train()
-    if net.spec != trained.spec:
+    if net.spec == trained.spec:
+        net.load_state_dict(trained.state_dict())
+    elif not net.warm_start(trained):  # e.g. a feature net adding a learned schedule to the trained one
         raise ConfigError(
             f"MetaLearner: init_from={init_from!r} holds {trained.spec} but model.net is {net.spec}; "
             "to fine-tune the file's own net, drop model.net (on the command line: --model.net null; in YAML: "
             "delete the model.net block), or make its settings match"
         )
-    net.load_state_dict(trained.state_dict())
     return net
 
 

@@ -35,6 +35,26 @@ class Carry:
     theta: Tensor
     state: Any
     step: int
+    horizon: Optional[int] = None  #: the problem's own horizon, drawn from ``horizon_choices`` (else the stream's)
+
+
+def check_horizon_choices(
+    choices: Optional[Sequence[int]], num_steps: int, unroll: int, curriculum: Optional[Sequence[int]]
+) -> Optional[list[int]]:
+    """The horizons a training problem's own is drawn from (``None``: every problem runs the stream's)."""
+    if choices is None:
+        return None
+    if curriculum is not None:
+        raise ConfigError("MetaLearner: give horizon_choices or horizon_curriculum, not both")
+    choices = list(choices)
+    for h in choices:
+        check_positive_int("MetaLearner: horizon_choices entry", h)
+    if not choices or any(h % unroll or h > num_steps for h in choices):
+        raise ConfigError(
+            f"MetaLearner: horizon_choices={choices!r} must be a non-empty list of multiples of unroll={unroll}, "
+            f"none longer than num_steps={num_steps}"
+        )
+    return choices
 
 
 def check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll: int) -> list[int]:
@@ -59,12 +79,15 @@ class ProblemStream:
         task: the distribution of training problems (its ``"train"`` split).
         random_scaling: ``s > 0`` rescales each problem's parameters by ``exp(U[-s, s])``; 0: off.
         horizons: the curriculum's horizons, then ``num_steps`` (:func:`check_curriculum`).
+        choices: draw each problem's own horizon from these (:func:`check_horizon_choices`), so a
+            net that reads the fraction of training done meets runs of several lengths.
     """
 
-    def __init__(self, task: Task, random_scaling: float, horizons: list[int]) -> None:
+    def __init__(self, task: Task, random_scaling: float, horizons: list[int], choices: Optional[list[int]] = None) -> None:
         self.task = task
         self.random_scaling = random_scaling
         self.horizons = horizons
+        self.choices = choices
         self.stage, self.stage_best = 0, math.inf
         self.generator: Optional[torch.Generator] = None
         self.carry: Optional[Carry] = None
@@ -74,6 +97,16 @@ class ProblemStream:
     def horizon(self) -> int:
         """Inner steps per training problem now: ``num_steps``, or the current curriculum stage's."""
         return self.horizons[self.stage]
+
+    def horizon_of(self, carry: Carry) -> int:
+        """Inner steps ``carry``'s problem runs: its own drawn horizon, else the stream's now."""
+        return self.horizon if carry.horizon is None else carry.horizon
+
+    def _draw_horizon(self) -> Optional[int]:
+        """A fresh problem's own horizon (``None`` without ``choices``: no draw, the stream is as before)."""
+        if not self.choices:
+            return None
+        return self.choices[int(torch.randint(len(self.choices), (), generator=self.generator))]
 
     def start(self, seed: int) -> None:
         """A fresh stream (each rank, and each run not resumed exactly, draws its own)."""
@@ -92,13 +125,14 @@ class ProblemStream:
     def next_carry(self, net: LearnedOptimizerNet, device: torch.device) -> tuple[Carry, bool]:
         """The problem to continue: the carried one, or a fresh draw once it lived its horizon (then ``True``)."""
         carry = self.carry
-        if carry is not None and carry.step < self.horizon:
+        if carry is not None and carry.step < self.horizon_of(carry):
             return carry, False
         self.draw_state = self.generator.get_state()  # to re-draw this problem on resume
         problem = self.draw(device)
+        horizon = self._draw_horizon()
         theta = problem.initial_params()
         bound = bind(net, problem)
-        return Carry(problem, bound, theta, bound.init_state(problem.layout, device=device), 0), True
+        return Carry(problem, bound, theta, bound.init_state(problem.layout, device=device), 0, horizon), True
 
     def advance_curriculum(self, val_mean_loss: float) -> None:
         """Move to the next horizon when a validation does not improve on the current stage's best."""
@@ -135,6 +169,7 @@ class ProblemStream:
         self.generator.set_state(stream["draw_generator"])
         self.draw_state = stream["draw_generator"].clone()
         problem = self.draw(device)
+        horizon = self._draw_horizon()
         theta = stream["theta"].to(device)
         if not torch.equal(self.generator.get_state(), stream["generator"]) or (
             problem.initial_params().shape != theta.shape
@@ -146,4 +181,4 @@ class ProblemStream:
             self.generator.set_state(stream["generator"])
             return
         state = tree_map(lambda t: t.to(device), stream["state"])
-        self.carry = Carry(problem, bind(net, problem), theta, state, int(stream["step"]))
+        self.carry = Carry(problem, bind(net, problem), theta, state, int(stream["step"]), horizon)

@@ -33,12 +33,14 @@ optimizee behind one ``torch.func.vmap``.  ``benchmarks/meta_throughput.py`` mea
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 from torch import Tensor
 from l2l_lightning.torch_compat import tree_map
 
+from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.base import LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.layout import Layout
 from l2l_lightning.tasks.base import Problem
@@ -66,6 +68,7 @@ def unroll(
     meta_grad: bool = True,
     second_derivatives: bool = False,
     on_step: Optional[Callable[[Tensor, Tensor, Tensor], None]] = None,
+    horizon: Optional[int] = None,
 ) -> UnrollResult:
     """Run ``steps`` inner steps of the learned optimizer ``net`` on ``problem``.
 
@@ -81,6 +84,8 @@ def unroll(
         on_step: called as ``on_step(θ_k, ∇_k, g_k)`` at every inner step, before the update
             is applied (e.g. :class:`~l2l_lightning.meta.imitation.Imitation` compares ``g_k``
             with a teacher's update); ``g_k`` keeps its graph to φ.
+        horizon: the inner steps ``problem`` is trained for in all (for a net that reads the
+            fraction of training done, :attr:`~l2l_lightning.nets.Inputs.horizon`).
     """
     layout = problem.layout
     with torch.enable_grad():  # the inner gradient needs autograd even in an evaluation context
@@ -95,7 +100,7 @@ def unroll(
         for k in range(steps):
             (grad,) = torch.autograd.grad(loss.sum(), theta, create_graph=create_graph, retain_graph=meta_grad)
             with torch.set_grad_enabled(meta_grad):
-                inputs = step_inputs(net, layout, theta, start_step + k, loss)
+                inputs = step_inputs(net, layout, theta, start_step + k, loss, horizon)
                 if inputs is None:
                     update, carried = net.forward_split(grad, carried, layout)
                 else:
@@ -113,16 +118,20 @@ def unroll(
 
 
 def step_inputs(
-    net: LearnedOptimizerNet, layout: Layout, theta: Tensor, step: int, loss: Tensor
+    net: LearnedOptimizerNet, layout: Layout, theta: Tensor, step: int, loss: Tensor, horizon: Optional[int] = None
 ) -> Optional[StepInputs]:
     """What ``net`` declared it reads at inner step ``step`` (``None`` for a net that reads only the gradient)."""
     reads = net.inputs
     if not reads.any:
         return None
+    if reads.horizon and horizon is None:
+        raise ConfigError(f"{type(net).__name__} reads the fraction of training done: unroll(..., horizon=) is needed")
+    per_segment = functools.partial(torch.full, (len(layout),), dtype=torch.int64, device=theta.device)
     return StepInputs(
         param=theta if reads.param else None,
-        step=torch.full((len(layout),), step, dtype=torch.int64, device=theta.device) if reads.step else None,
+        step=per_segment(step) if reads.step else None,
         loss=loss.detach().reshape(-1) if reads.loss else None,
+        horizon=per_segment(horizon) if reads.horizon else None,
     )
 
 
@@ -133,7 +142,7 @@ def run_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> U
         theta = problem.initial_params().clone()
         net = bind(net, problem)
         state = net.init_state(problem.layout, device=theta.device)
-        return unroll(net, problem, theta, state, 0, num_steps, meta_grad=False)
+        return unroll(net, problem, theta, state, 0, num_steps, meta_grad=False, horizon=num_steps)
 
 
 def evaluate_learned(net: LearnedOptimizerNet, problem: Problem, num_steps: int) -> Tensor:

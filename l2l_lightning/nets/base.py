@@ -139,6 +139,15 @@ class LearnedOptimizerNet(nn.Module, ABC):
         except (TypeError, ValueError) as failure:
             raise error(f"{source}: cannot build {class_path} from its settings: {failure}") from failure
 
+    def warm_start(self, trained: "LearnedOptimizerNet") -> bool:
+        """Start from ``trained``, a net of other settings, if this net knows how (then ``True``).
+
+        ``MetaLearner(init_from=...)`` calls it when the file's settings differ from ``model.net``'s,
+        e.g. :class:`~l2l_lightning.nets.FeatureMLP` adding a learned schedule to a trained net.
+        The default knows no such start.
+        """
+        return False
+
     def init_state(
         self, layout: "Layout | int", device: Optional[torch.device | str] = None, dtype: Optional[torch.dtype] = None
     ) -> Any:

@@ -46,8 +46,12 @@ class FeatureLSTM(FeatureNet):
         step_mult: float = 0.001,
         scaling: Scaling = "none",
         output: Output = "linear",
+        schedule: bool = False,
+        normalise: bool = True,
     ) -> None:
-        super().__init__(momentum_decays, rms_decay, adafactor_decays, exp_mult, step_mult, scaling, output)
+        super().__init__(
+            momentum_decays, rms_decay, adafactor_decays, exp_mult, step_mult, scaling, output, schedule, normalise
+        )
         self.hidden_size = check_positive_int("FeatureLSTM: hidden_size", hidden_size)
         self.num_layers = check_positive_int("FeatureLSTM: num_layers", num_layers)
         self.recurrent_rows = 2 * num_layers * hidden_size  # (h, c) per layer, after the features' rows

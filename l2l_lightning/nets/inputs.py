@@ -24,16 +24,21 @@ class Inputs:
         step: how many steps each tensor has been through before this one.
         loss: the loss at the current parameters, per optimizee (a deployed optimizer needs
             ``step(closure)`` or ``step(loss=...)`` for it).
+        horizon: how many steps the run will take in all, so that the net can read the fraction
+            of training done and anneal (a learned schedule, as Celo's; a deployed optimizer
+            needs ``total_steps`` for it, which :class:`~l2l_lightning.LearnedOptimizerCallback`
+            reads from the ``Trainer``).
     """
 
     param: bool = False
     step: bool = False
     loss: bool = False
+    horizon: bool = False
 
     @property
     def any(self) -> bool:
         """Whether the net reads anything besides the gradient (then callers pass ``inputs=``)."""
-        return self.param or self.step or self.loss
+        return self.param or self.step or self.loss or self.horizon
 
 
 @dataclass(frozen=True)
@@ -44,8 +49,10 @@ class StepInputs:
         param: ``(n,)``, the parameters before this step, in the gradient's flat order.
         step: ``(len(layout),)`` int64, the steps each segment has taken before this one (0 at first).
         loss: ``(layout.num_optimizees,)``, the loss at ``param`` of each optimizee, detached.
+        horizon: ``(len(layout),)`` int64, the steps each segment's run takes in all (positive).
     """
 
     param: Optional[Tensor] = None
     step: Optional[Tensor] = None
     loss: Optional[Tensor] = None
+    horizon: Optional[Tensor] = None

@@ -13,7 +13,8 @@ recurrent state beyond the features' accumulators.  :class:`FeatureMLP` is that 
   the Adafactor-preconditioned gradient and momentum, the row and column accumulators and their
   ``rsqrt`` (:func:`~l2l_lightning.nets.mlp_kernel.features`), each divided by its root mean square
   over the tensor, so the net sees no absolute scale (Celo2's normalised inputs); plus tanh
-  embeddings of the step number at 11 timescales.
+  embeddings of the step number at 11 timescales, and with ``schedule=True`` powers of the
+  fraction of training done (Celo's learned schedule: the net can anneal as cosine decay does).
 * **Output**: ``−direction · exp(exp_mult · magnitude) · step_mult`` (the reference's form:
   ``exp_mult`` keeps the learned step size from running away), with ``output="tanh"``
   bounding the direction to ±1, so each coordinate moves at most ``step_mult ·
@@ -24,7 +25,7 @@ recurrent state beyond the features' accumulators.  :class:`FeatureMLP` is that 
   per tensor), a sound place for meta-training to start from.
 
 :class:`FeatureNet` holds all of it but the part after the features (the MLP here; an LSTM
-in :class:`~l2l_lightning.nets.feature_lstm.FeatureLSTM`).  It declares what it reads (``inputs = Inputs(param=True, step=True)``) and keeps per-tensor
+in :class:`~l2l_lightning.nets.feature_lstm.FeatureLSTM`).  It declares what it reads (:attr:`FeatureNet.inputs`: the parameter, the step number and, with ``schedule``, the run's horizon) and keeps per-tensor
 state; it is not coordinatewise (statistics over whole tensors), so it is refused on sharded
 (FSDP2) parameters.  Meta-training differentiates through :meth:`FeatureMLP.forward`; deployment
 runs :class:`~l2l_lightning.nets.mlp_kernel.FeatureKernel` in the chunked runtime.
@@ -40,13 +41,13 @@ import torch
 from torch import Tensor, nn
 
 from l2l_lightning.errors import (
-    ConfigError, check_choice, check_float_range, check_positive_float, check_nonnegative_int, check_positive_int,
+    ConfigError, check_bool, check_choice, check_float_range, check_positive_float, check_nonnegative_int, check_positive_int,
 )
 from l2l_lightning.nets.base import Inputs, LearnedOptimizerNet, StepInputs
 from l2l_lightning.nets.layout import Layout, Segment, as_layout
 from l2l_lightning.nets.mlp_kernel import (
     TINY, FeatureKernel, Views, decays_column, features, fill_indices, head, matrix_view, num_features, step_scale,
-    TIMESCALES, first_layer_bias,
+    PROGRESS_POWERS, TIMESCALES, first_layer_bias,
 )
 
 Scaling = Literal["none", "mup"]
@@ -74,10 +75,14 @@ class FeatureNet(LearnedOptimizerNet):
         exp_mult, step_mult: the output is ``direction · exp(exp_mult · magnitude) · step_mult``.
         scaling: ``"none"``, or ``"mup"``: the update of a matrix divided by its fan-in.
         output: ``"linear"`` (the reference) or ``"tanh"`` (a bounded direction).
+        schedule: also read the fraction of training done (:data:`~l2l_lightning.nets.mlp_kernel.PROGRESS_POWERS`
+            of ``step / horizon``), so the net can learn to anneal as Celo's learned schedule does;
+            a deployed optimizer then needs ``total_steps`` (the callback reads the Trainer's).
+        normalise: divide each feature by its root mean square over the tensor (default; off:
+            the raw features, the ablation of Celo2's normalised inputs).
     """
 
     coordinate_dim = 1
-    inputs = Inputs(param=True, step=True)
     coordinatewise = False
 
     def __init__(
@@ -89,6 +94,8 @@ class FeatureNet(LearnedOptimizerNet):
         step_mult: float,
         scaling: Scaling,
         output: Output,
+        schedule: bool = False,
+        normalise: bool = True,
     ) -> None:
         """The shared settings, checked (the defaults are the subclasses': their signatures are what YAML configures)."""
         super().__init__()
@@ -105,8 +112,15 @@ class FeatureNet(LearnedOptimizerNet):
         self.step_mult = check_positive_float(f"{name}: step_mult", step_mult)
         self.scaling = check_choice(f"{name}: scaling", scaling, ("none", "mup"))
         self.output = check_choice(f"{name}: output", output, ("linear", "tanh"))
+        self.schedule = check_bool(f"{name}: schedule", schedule)
+        self.normalise = check_bool(f"{name}: normalise", normalise)
         self.skip = nn.Parameter(torch.zeros(self.num_features))
         self._index: dict[tuple[Layout, torch.device], tuple[Views, list[Tensor]]] = {}
+
+    @property
+    def inputs(self) -> Inputs:  # type: ignore[override]  # per instance: the schedule is a setting
+        """The parameter and the step number; with ``schedule``, also the run's horizon."""
+        return Inputs(param=True, step=True, horizon=self.schedule)
 
     #: Rows of per-coordinate state after the features' (a recurrent head's).
     recurrent_rows: int = 0
@@ -117,6 +131,22 @@ class FeatureNet(LearnedOptimizerNet):
         with torch.no_grad():
             self.skip.zero_()[3 + len(self.momentum_decays)] = 1.0  # features: g, p, m·k, v, (m/√v)·k, ...
 
+    def warm_start(self, trained: LearnedOptimizerNet) -> bool:
+        """From ``trained``, this net without ``schedule``: its weights, and zeros on the progress inputs.
+
+        All powers of the fraction done are 0 at the first step, and their first-layer weights start
+        at 0, so this net steps exactly as ``trained`` until meta-training moves those weights: a
+        learned schedule is added to a trained optimizer without starting over.
+        """
+        if not (self.schedule and type(trained) is type(self) and {**trained.config, "schedule": True} == self.config):
+            return False
+        state = trained.state_dict()
+        name = next(n for n, p in self.named_parameters() if p is self.first_layer.weight)
+        weight = state[name]
+        state[name] = torch.cat((weight, weight.new_zeros(weight.shape[0], len(PROGRESS_POWERS))), dim=1)
+        self.load_state_dict(state)
+        return True
+
     @property
     def num_features(self) -> int:
         """Normalised features per coordinate (the time embeddings come on top)."""
@@ -124,8 +154,8 @@ class FeatureNet(LearnedOptimizerNet):
 
     @property
     def input_size(self) -> int:
-        """What :attr:`first_layer` reads: the features and the time embeddings."""
-        return self.num_features + len(TIMESCALES)
+        """What :attr:`first_layer` reads: the features and the time embeddings (and progress, with ``schedule``)."""
+        return self.num_features + len(TIMESCALES) + (len(PROGRESS_POWERS) if self.schedule else 0)
 
     @property
     def feature_config(self) -> dict[str, Any]:
@@ -138,6 +168,9 @@ class FeatureNet(LearnedOptimizerNet):
             "step_mult": self.step_mult,
             "scaling": self.scaling,
             "output": self.output,
+            # absent at their defaults, so the specs of files from before these settings stay identical
+            **({"schedule": True} if self.schedule else {}),
+            **({} if self.normalise else {"normalise": False}),
         }
 
     def extra_repr(self) -> str:
@@ -197,9 +230,10 @@ class FeatureNet(LearnedOptimizerNet):
         """
         layout = as_layout(grad.shape[0] if layout is None else layout)
         layout.check(grad)
-        if inputs is None or inputs.param is None or inputs.step is None:
+        if inputs is None or inputs.param is None or inputs.step is None or (self.schedule and inputs.horizon is None):
             raise ConfigError(
-                f"{type(self).__name__} reads the parameters and the step number: pass inputs=StepInputs(param=..., step=...)"
+                f"{type(self).__name__} reads the parameters and the step number{' and the horizon' if self.schedule else ''}: "
+                "pass inputs=StepInputs(param=..., step=...)"
             )
         coordinates, tensors = state
         views, (segment, row_slot, col_slot, row_segment, row_count, col_count, rows, sizes) = self._indices(layout, grad.device)
@@ -216,13 +250,16 @@ class FeatureNet(LearnedOptimizerNet):
             self, g, inputs.param.to(dtype), coordinates.to(dtype), new_rows.index_select(1, row_slot),
             new_cols.index_select(1, col_slot), row_mean.index_select(1, segment),
         )  # fmt: skip
-        sums = feats.new_zeros(self.num_features, len(layout)).index_add(1, segment, feats.square())
-        normalisers = torch.rsqrt(sums / sizes.clamp(min=1) + TINY)
+        if self.normalise:
+            sums = feats.new_zeros(self.num_features, len(layout)).index_add(1, segment, feats.square())
+            normalisers = torch.rsqrt(sums / sizes.clamp(min=1) + TINY)
+        else:
+            normalisers = feats.new_ones(self.num_features, len(layout))
         scale = torch.tensor([step_scale(s.shape, self.scaling) for s in layout], dtype=dtype, device=g.device)
         weights = [w.to(dtype) for w in self.weight_list()]
         update, recurrent = self.step_head(
             weights, feats * normalisers.index_select(1, segment),
-            first_layer_bias(self, inputs.step, dtype).t().index_select(1, segment), scale.index_select(0, segment),
+            first_layer_bias(self, inputs, dtype).t().index_select(1, segment), scale.index_select(0, segment),
             coordinates[new_coordinates.shape[0] :].to(dtype),
         )  # fmt: skip
         if recurrent is not None:
@@ -258,8 +295,12 @@ class FeatureMLP(FeatureNet):
         step_mult: float = 0.001,
         scaling: Scaling = "none",
         output: Output = "linear",
+        schedule: bool = False,
+        normalise: bool = True,
     ) -> None:
-        super().__init__(momentum_decays, rms_decay, adafactor_decays, exp_mult, step_mult, scaling, output)
+        super().__init__(
+            momentum_decays, rms_decay, adafactor_decays, exp_mult, step_mult, scaling, output, schedule, normalise
+        )
         check_positive_int("FeatureMLP: hidden_size", hidden_size)
         check_nonnegative_int("FeatureMLP: hidden_layers", hidden_layers)
         self.hidden_size, self.hidden_layers = hidden_size, hidden_layers

@@ -38,6 +38,10 @@ from l2l_lightning.nets.layout import Layout
 
 #: Timescales of the step-number embeddings ``tanh(step / timescale − 1)`` (the reference's 11).
 TIMESCALES: tuple[float, ...] = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
+#: Powers of the fraction of training done ``f = step / horizon`` (clamped to [0, 1]) that a net with
+#: a learned schedule reads beside the step embeddings: all 0 at the start, so columns of zeros
+#: added to a trained net's first layer leave it unchanged (a warm start).
+PROGRESS_POWERS: tuple[int, ...] = (1, 2, 4)
 #: Added to squared gradients and under square roots of accumulators: keeps an all-zero tensor finite.
 TINY = 1e-30
 #: Added to the second moment under ``rsqrt``: small against any gradient scale worth reading.
@@ -56,6 +60,7 @@ class FeatureSettings(Protocol):
     step_mult: float
     scaling: str
     output: str
+    normalise: bool
 
     @property
     def num_features(self) -> int: ...
@@ -145,21 +150,29 @@ def features(
     return torch.cat(columns), new_state
 
 
-def time_features(step: Tensor, dtype: torch.dtype) -> Tensor:
-    """``tanh(step / timescale − 1)`` at each of :data:`TIMESCALES`: ``(segments, 11)``."""
+def time_features(step: Tensor, dtype: torch.dtype, horizon: Optional[Tensor] = None) -> Tensor:
+    """``tanh(step / timescale − 1)`` at each of :data:`TIMESCALES` (``(segments, 11)``), then, given
+    each segment's ``horizon``, the :data:`PROGRESS_POWERS` of the fraction of training done."""
     timescales = torch.tensor(TIMESCALES, dtype=dtype, device=step.device)
-    return torch.tanh(step.to(dtype).unsqueeze(1) / timescales - 1)
+    embeddings = torch.tanh(step.to(dtype).unsqueeze(1) / timescales - 1)
+    if horizon is None:
+        return embeddings
+    done = (step.to(dtype) / horizon.to(dtype)).clamp(0, 1).unsqueeze(1)
+    powers = torch.tensor(PROGRESS_POWERS, dtype=dtype, device=step.device)
+    return torch.cat((embeddings, done.pow(powers)), dim=1)
 
 
-def first_layer_bias(net: Any, step: Tensor, dtype: torch.dtype) -> Tensor:
+def first_layer_bias(net: Any, inputs: StepInputs, dtype: torch.dtype) -> Tensor:
     """Per segment ``(segments, width)``: the first layer's bias plus its read of the time embeddings.
 
     The time embeddings are the same for every coordinate of a tensor, so their product with
     the first layer's time columns is taken once per tensor instead of once per coordinate.
     """
+    assert inputs.step is not None  # the net declares it
     first = net.first_layer
     weight = first.weight[:, net.num_features :].to(dtype)
-    return torch.addmm(first.bias.to(dtype), time_features(step, dtype), weight.t())
+    horizon = inputs.horizon if net.inputs.horizon else None
+    return torch.addmm(first.bias.to(dtype), time_features(inputs.step, dtype, horizon), weight.t())
 
 
 def head(net: FeatureSettings, weights: Sequence[Tensor], x: Tensor, first: Tensor, scale: Tensor) -> Tensor:
@@ -237,13 +250,16 @@ class FeatureKernel(ChunkKernel):
         self.row_mean = torch.stack([r.mean(1) for r in rows])
         scale = torch.tensor([step_scale(s.shape, net.scaling) for s in layout], dtype=dtype, device=grad.device)
         normalisers = self._normalisers(grad, states, layout)
-        first = first_layer_bias(net, inputs.step, dtype)
+        first = first_layer_bias(net, inputs, dtype)
         self.table = torch.cat((normalisers, first, scale.unsqueeze(1)), dim=1)
         return new
 
     def _normalisers(self, grad: Tensor, states: Sequence[Tensor], layout: Layout) -> Tensor:
-        """``rsqrt(mean of each feature² over its tensor)``: the first pass, in pieces of :data:`PASS_ROWS` rows."""
+        """``rsqrt(mean of each feature² over its tensor)``: the first pass, in pieces of :data:`PASS_ROWS` rows
+        (ones for a net that does not normalise: no pass)."""
         sums = torch.zeros(len(layout), self.net.num_features, dtype=self.dtype, device=grad.device)
+        if not self.net.normalise:
+            return sums.fill_(1.0)
         work = self.buffers(min(PASS_ROWS, max(layout.sizes, default=1)), grad.device)
         for index, (state, size) in enumerate(zip(states, layout.sizes)):
             for start in range(0, size, PASS_ROWS):

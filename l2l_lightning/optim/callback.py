@@ -19,12 +19,18 @@ The LightningModule is handed to the optimizer as ``module``, so a checkpoint wi
 separate nets per kind of parameter (:class:`~l2l_lightning.nets.RoutedNets`, routed by
 parameter name or module type) works as it is.
 
+A net with a learned schedule (it reads the fraction of training done) is told the run's
+length: ``total_steps``, by default the Trainer's ``estimated_stepping_batches`` (from
+``max_steps``, or ``max_epochs`` × batches per epoch ÷ gradient accumulation); a run without an
+end (``max_steps=-1``, ``max_epochs=-1``) is then a clear error.
+
 The module must still define ``configure_optimizers`` (Lightning checks that before any
 callback runs); what it returns is only used for its parameter groups.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Optional, Union
 
@@ -32,7 +38,7 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 
-from l2l_lightning.errors import ConfigError
+from l2l_lightning.errors import ConfigError, check_positive_int
 from l2l_lightning.lightning_compat import split_optimizer_config
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.optim.learned import LearnedOptimizer
@@ -57,6 +63,8 @@ class LearnedOptimizerCallback(L.Callback):
         state_dtype: the LSTM state dtype (``"float32"`` or ``"bfloat16"``).
         chunk_size, compile, fused: how the step runs (memory and speed, not results).
         module: what names the parameters for routed nets; default: the LightningModule itself.
+        total_steps: the run's length, for a net with a learned schedule; default: the Trainer's
+            ``estimated_stepping_batches``.  Ignored by nets that do not read it.
 
     Example::
 
@@ -73,9 +81,13 @@ class LearnedOptimizerCallback(L.Callback):
         compile: Union[bool, str] = "auto",
         module: Optional[NamedModules] = None,
         fused: Union[bool, str] = "auto",
+        total_steps: Optional[int] = None,
     ) -> None:
         check_lr(lr)
         self.net = load_net(checkpoint)
+        if total_steps is not None:
+            check_positive_int("LearnedOptimizerCallback: total_steps", total_steps)
+        self.total_steps = total_steps
         self.lr = lr
         chunk_size, compile, fused = check_step_options(chunk_size, compile, fused)
         #: LearnedOptimizer's keyword arguments besides the net, lr and module
@@ -118,13 +130,28 @@ class LearnedOptimizerCallback(L.Callback):
                 "configure_optimizers: they belong to the replaced optimizer. To schedule the learned "
                 "optimizer's lr, return LearnedOptimizer(...) and a scheduler from configure_optimizers yourself."
             )
+        total_steps = self._total_steps(pl_module.trainer) if self.net.inputs.horizon else None
         learned = [
             LearnedOptimizer(
-                groups, checkpoint=self.net, lr=self.lr, module=self.module or pl_module, **self.options
+                groups, checkpoint=self.net, lr=self.lr, module=self.module or pl_module, total_steps=total_steps,
+                **self.options,
             )
             for groups in groups_per_optimizer
         ]
         return learned[0] if len(learned) == 1 else learned
+
+    def _total_steps(self, trainer: L.Trainer) -> int:
+        """The run's length: ``total_steps`` if given, else the Trainer's estimate (refused if the run has no end)."""
+        if self.total_steps is not None:
+            return self.total_steps
+        steps = trainer.estimated_stepping_batches
+        if not math.isfinite(steps) or steps < 1:
+            raise ConfigError(
+                f"LearnedOptimizerCallback: the net {type(self.net).__name__} has a learned schedule and needs the "
+                f"run's length, but the Trainer's is {steps} (max_steps={trainer.max_steps}, "
+                f"max_epochs={trainer.max_epochs}); set Trainer(max_steps=...) or pass total_steps= to the callback"
+            )
+        return int(steps)
 
 
 def _refuse_deepspeed(strategy: Any) -> None:

@@ -7,6 +7,8 @@ optimizee to the net):
 * ``param``: the parameters (their local shards) before the step, flattened like the gradient;
 * ``step``: each parameter's ``"step"`` count before this step (0 at its first), so a parameter
   that joined later (``add_param_group``, unfreezing) has its own clock;
+* ``horizon``: each parameter's group's ``total_steps`` (checked when the group was added; a
+  state dict of an earlier version, which has none, is refused here before anything changes);
 * ``loss``: the loss of ``step(closure)`` (the closure's return value) or of ``step(loss=...)``,
   as a one-element tensor.  Under DDP each rank computed the loss of its own batch, so it is
   averaged over ranks (one all-reduce of one number): every rank then steps identically, as the
@@ -25,6 +27,7 @@ from torch import Tensor
 from l2l_lightning.errors import ConfigError
 from l2l_lightning.nets.base import LearnedOptimizerNet, StepInputs
 from l2l_lightning.optim import sharded
+from l2l_lightning.optim.state import check_total_steps
 
 
 def step_loss(net: LearnedOptimizerNet, loss: Any) -> Optional[Tensor]:
@@ -55,17 +58,24 @@ def _collective_device() -> torch.device:
 
 
 def bucket_inputs(
-    net: LearnedOptimizerNet, params: Sequence[Tensor], steps: Sequence[Any], loss: Optional[Tensor], device: torch.device
-) -> Optional[StepInputs]:
-    """The :class:`StepInputs` ``net`` declared, for the parameters of one bucket (``steps``: their step counts)."""
+    net: LearnedOptimizerNet, params: Sequence[Tensor], steps: Sequence[Any], loss: Optional[Tensor], device: torch.device,
+    horizons: Sequence[Optional[int]] = (),
+) -> Optional[StepInputs]:  # fmt: skip
+    """The :class:`StepInputs` ``net`` declared, for the parameters of one bucket (``steps``: their step
+    counts; ``horizons``: their groups' ``total_steps``)."""
     reads = net.inputs
     if not reads.any:
         return None
-    step = None
+    step = horizon = None
     if reads.step:
         step = torch.stack([torch.as_tensor(s, dtype=torch.int64).to(device) for s in steps])
+    if reads.horizon:
+        if len(horizons) != len(params) or any(h is None for h in horizons):
+            check_total_steps(net, None)  # raises: says what to pass
+        horizon = torch.tensor(list(horizons), dtype=torch.int64, device=device)
     return StepInputs(
         param=torch.cat([sharded.local(p).detach().reshape(-1) for p in params]) if reads.param else None,
         step=step,
         loss=loss.to(device) if loss is not None else None,
+        horizon=horizon,
     )

@@ -49,7 +49,7 @@ Why each choice:
   :class:`SkippedStepWarning` is issued by a later ``step()`` (or ``state_dict()``) once
   the flag has reached the host through a non-blocking copy.  On CPU everything is
   decided at once and ``"step"`` is an ``int``.
-* **What a net reads besides the gradient** (the parameters, their step counts, the loss:
+* **What a net reads besides the gradient** (the parameters, their step counts, the loss, ``total_steps``:
   :mod:`~l2l_lightning.optim.inputs`) is built only for nets that declare it; a net's
   per-tensor state is kept beside the net state (``"tensor_state"``), written only on kept steps.
 * **``lr`` multiplies the net's output**, so every ``torch.optim.lr_scheduler`` works.
@@ -98,7 +98,8 @@ from l2l_lightning.optim.runtime import (
     StepOptions, check_step_options, intra_op_threads, not_traced, step_inplace,
 )  # fmt: skip
 from l2l_lightning.optim.state import (
-    NET_STATE, STATE_DTYPES, STEP, TENSOR_STATE, Identity, check_group_lrs, check_lr, decode, encode, state_dtype_name,
+    NET_STATE, STATE_DTYPES, STEP, TENSOR_STATE, Identity, check_group_lrs, check_lr, check_total_steps, decode, encode,
+    state_dtype_name,
 )
 from l2l_lightning.serialization import fingerprint, net_spec
 from l2l_lightning.torch_compat import foreach_add_
@@ -129,6 +130,7 @@ class LearnedOptimizer(Optimizer):
             a file (``"./quadratic"`` is); see :func:`l2l_lightning.optim.pretrained.load_net`.
         lr: multiplies the net's update (``θ ← θ + lr · update``); 1.0 reproduces the
             trained behaviour.  Per group, and what LR schedulers change.
+        total_steps: the run's length, per group: needed by a net with a learned schedule (it reads min(step / total_steps, 1)).
         state_dtype: dtype of the net state (and per-tensor state), per group: ``"float32"``
             (default) or ``"bfloat16"`` (half the memory; the state is rounded after each step).
         chunk_size: coordinates per chunk of the step (default: 8192 on CPU, 2**18 on CUDA,
@@ -165,6 +167,7 @@ class LearnedOptimizer(Optimizer):
         compile: Union[bool, str] = "auto",
         module: Optional[NamedModules] = None,
         fused: Union[bool, str] = "auto",
+        total_steps: Optional[int] = None,
     ) -> None:
         check_lr(lr)
         self._chunk_size, self._compile, self._fused = check_step_options(chunk_size, compile, fused)
@@ -179,7 +182,8 @@ class LearnedOptimizer(Optimizer):
         #: ``None``: decide per device (sync-free on anything but CPU); tests force ``True`` on CPU.
         self._sync_free: Optional[bool] = None
         self._start_afresh(GroupRouting(self._net, module))
-        super().__init__(params, {"lr": lr, "state_dtype": state_dtype_name(state_dtype), "route": None})
+        defaults = {"lr": lr, "state_dtype": state_dtype_name(state_dtype), "total_steps": total_steps, "route": None}
+        super().__init__(params, defaults)
         self._routing.refuse_unmatched_patterns(self.param_groups)
 
     #: What a copy or a pickle keeps besides torch's state; the rest is rebuilt by :meth:`_start_afresh`.
@@ -206,9 +210,10 @@ class LearnedOptimizer(Optimizer):
         return self._net
 
     def add_param_group(self, param_group: dict[str, Any]) -> None:
-        """As ``torch.optim.Optimizer.add_param_group``, validating ``lr``, ``state_dtype`` and dtypes."""
+        """As ``torch.optim.Optimizer.add_param_group``, validating ``lr``, ``state_dtype``, ``total_steps`` and dtypes."""
         if "lr" in param_group:
             check_lr(param_group["lr"])
+        check_total_steps(self._net, param_group.get("total_steps", self.defaults.get("total_steps")))
         if "state_dtype" in param_group:
             param_group["state_dtype"] = state_dtype_name(param_group["state_dtype"])
         params = param_group.get("params")
@@ -319,7 +324,7 @@ class LearnedOptimizer(Optimizer):
         fused = None if self._fused == "auto" else self._fused
         options = StepOptions(chunk_size=self._chunk_size, compile=compile, threads=threads, fused=fused)
         steps = [self.state[p].get(STEP, 0) for p in bucket.params]
-        inputs = bucket_inputs(bucket.net, bucket.params, steps, loss, device)
+        inputs = bucket_inputs(bucket.net, bucket.params, steps, loss, device, [g["total_steps"] for g in bucket.groups])
         return step_inplace(
             bucket.net, bucket.grad, bucket.states, bucket.layout, keep=keep, options=options,
             tensor_states=bucket.tensor_states, inputs=inputs,

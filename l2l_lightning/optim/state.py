@@ -12,8 +12,10 @@ Per parameter (``self.state[p]``) the optimizer keeps:
 * :data:`STEP` (``"step"``): how many times the net has stepped this parameter's state: an
   ``int`` on CPU, a 0-d int64 tensor on the parameter's device on GPUs.
 
-Per param group: ``lr``, ``state_dtype`` (a name of :data:`STATE_DTYPES`), ``route`` and, for
-routed nets, ``param_routes``.  At the top level, :data:`~l2l_lightning.serialization.NET_KEY`
+Per param group: ``lr``, ``state_dtype`` (a name of :data:`STATE_DTYPES`), ``total_steps`` (``None``,
+or the run's length for a net that reads the fraction of training done; state dicts written
+before it existed load with the optimizer's own),
+``route`` and, for routed nets, ``param_routes``.  At the top level, :data:`~l2l_lightning.serialization.NET_KEY`
 names the net (class, settings, weight fingerprint).
 
 :func:`decode` checks *every* field it restores, so a bad value is a
@@ -33,7 +35,7 @@ from typing import Any, Optional, Union
 import torch
 from torch import Tensor
 
-from l2l_lightning.errors import CheckpointError, ConfigError, check_choice, check_nonnegative_float
+from l2l_lightning.errors import CheckpointError, ConfigError, check_choice, check_nonnegative_float, check_positive_int
 from l2l_lightning.optim import sharded
 from l2l_lightning.serialization import NET_KEY
 from l2l_lightning.specs import make_spec
@@ -65,6 +67,19 @@ def check_lr(lr: Any) -> None:
     """Refuse an ``lr`` that is not a finite number ``>= 0`` (a one-element tensor counts as its value)."""
     value = lr.item() if isinstance(lr, Tensor) and lr.numel() == 1 else lr
     check_nonnegative_float("lr", value, " (it multiplies the learned update)")
+
+
+def check_total_steps(net: Any, total_steps: Any) -> Optional[int]:
+    """``total_steps`` if it is ``None`` or a positive int; ``None`` only for a net that does not read the horizon."""
+    if total_steps is not None:
+        return check_positive_int("total_steps", total_steps, " (the steps the run takes in all), or None")
+    if net.inputs.horizon:
+        raise ConfigError(
+            f"LearnedOptimizer: the net {type(net).__name__} reads the fraction of training done (a learned "
+            "schedule): pass total_steps=<the steps the run takes> (LearnedOptimizerCallback reads it from the "
+            "Trainer: max_steps, or max_epochs × batches per epoch)"
+        )
+    return None
 
 
 def check_group_lrs(param_groups: list[dict[str, Any]]) -> None:
@@ -120,6 +135,8 @@ def decode(
     state_dict = sharded.from_dcp(_renamed_legacy_keys(state_dict), params, dims, NET_KEY, NET_STATE)
     _check_net(state_dict.get(NET_KEY), state_dict, identity, strict)
     saved_ids = _check_groups(state_dict["param_groups"], groups)
+    # Groups saved before total_steps existed keep the optimizer's own (torch restores the saved group whole).
+    saved_groups = [{"total_steps": mine.get("total_steps"), **saved} for saved, mine in zip(state_dict["param_groups"], groups)]
     entries = state_dict["state"]
     restored: dict[Any, dict[str, Tensor]] = {}
     plain: dict[Any, Any] = {k: v for k, v in entries.items() if k not in set(saved_ids)}
@@ -129,7 +146,7 @@ def decode(
             continue
         restored[saved_id] = _check_entry(entry, index, p, expected)
         plain[saved_id] = {k: v for k, v in entry.items() if k not in (NET_STATE, TENSOR_STATE)}
-    return {**state_dict, "state": plain}, restored
+    return {**state_dict, "param_groups": saved_groups, "state": plain}, restored
 
 
 def _renamed_legacy_keys(state_dict: dict[str, Any]) -> dict[str, Any]:
@@ -190,6 +207,8 @@ def _check_groups(saved_groups: list[Any], groups: list[dict[str, Any]]) -> list
         try:
             check_lr(saved.get("lr"))
             state_dtype_name(saved.get("state_dtype"))
+            if saved.get("total_steps") is not None:
+                check_positive_int("total_steps", saved["total_steps"])
         except ConfigError as error:
             raise CheckpointError(f"{where}: {error}; the state dict is damaged or not a LearnedOptimizer's") from None
         if saved.get("route") is not None and not isinstance(saved["route"], str):

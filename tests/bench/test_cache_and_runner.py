@@ -32,7 +32,7 @@ def test_a_diverging_run_is_recorded_as_diverged_not_raised():
 
 def test_cosine_decays_the_rate_to_zero_over_the_task():
     adam = baseline("adam_cosine", DEFAULT_GRIDS)
-    optimizer = adam.factory([torch.nn.Parameter(torch.zeros(1))], 0.1)
+    optimizer = adam.factory([torch.nn.Parameter(torch.zeros(1))], 0.1, 100)
     from l2l_lightning.bench.optimizers import scheduler
 
     schedule = scheduler(optimizer, adam.schedule, 10)
@@ -75,3 +75,17 @@ def test_a_dotted_file_name_is_a_learned_optimizer_not_a_class_path(tmp_path, mo
     shutil.copy(path_of("quadratic"), tmp_path / "my.optimizer")
     mine = contender("my.optimizer", DEFAULT_GRIDS, [])[0]
     assert not mine.tuned and mine.identity == contender("quadratic", DEFAULT_GRIDS, [])[0].identity
+
+
+def test_a_learned_schedule_is_told_the_task_length(tmp_path):
+    from l2l_lightning import FeatureMLP
+    from l2l_lightning.safe_load import atomic_save
+    from l2l_lightning.serialization import FORMAT, FORMAT_VERSION
+
+    net = FeatureMLP(schedule=True)
+    atomic_save({"format": FORMAT, "format_version": FORMAT_VERSION, **net.spec, "state_dict": net.state_dict(), "metadata": {}},
+                tmp_path / "scheduled.pt")  # fmt: skip
+    (scheduled,) = contender(str(tmp_path / "scheduled.pt"), DEFAULT_GRIDS, [])
+    optimizer = scheduled.factory([torch.nn.Parameter(torch.zeros(3))], 1.0, TASK.steps)
+    assert optimizer.param_groups[0]["total_steps"] == TASK.steps
+    assert not train(TASK, scheduled, 1.0, seed=0, steps=5).diverged

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from torch.nn.utils import parameters_to_vector
 
-from l2l_lightning import ConfigError, CoordinatewiseLSTM, MetaLearner, QuadraticTask
+from l2l_lightning import ConfigError, CoordinatewiseLSTM, FeatureMLP, MetaLearner, QuadraticTask
 from l2l_lightning.meta.estimators import PES, OuterEstimator, Truncation, TruncatedBPTT
 from l2l_lightning.meta.unroll import bind, unroll
 from tests.conftest import fit_tiny, tiny_learner, tiny_trainer
@@ -38,7 +40,7 @@ def _pes_estimate(estimator, net, problem, num_steps, unroll_steps):
     theta, state = problem.initial_params(), bound.init_state(problem.layout)
     total = torch.zeros(sum(p.numel() for p in net.parameters()))
     for start in range(0, num_steps, unroll_steps):
-        run = Truncation(net, bound, problem, theta, state, start, unroll_steps, start == 0, _objective)
+        run = Truncation(net, bound, problem, theta, state, start, unroll_steps, start == 0, _objective, num_steps)
         result = estimator.truncation(run)
         grads = torch.autograd.grad(result.loss, list(net.parameters()))
         total += torch.cat([g.reshape(-1) for g in grads])
@@ -193,6 +195,36 @@ def test_the_horizon_curriculum_lengthens_when_validation_stops_improving():
     assert learner.horizon == 8  # then num_steps, for good
     learner.stream.advance_curriculum(9.0)
     assert learner.horizon == 8
+
+
+def test_horizon_choices_give_each_problem_its_own_horizon_and_resume_exactly(tmp_path):
+    """Each problem runs a horizon drawn from the choices (what a scheduled net reads), and a run stopped
+    inside a problem continues it to that problem's own horizon, exactly."""
+
+    def net() -> FeatureMLP:
+        torch.manual_seed(0)
+        return FeatureMLP(hidden_size=4, schedule=True)
+
+    learner = tiny_learner(net=net(), num_steps=8, unroll=2, horizon_choices=[2, 4, 8])
+    learner.stream.start(0)
+    horizons = []
+    for _ in range(40):
+        carry, fresh = learner.stream.next_carry(learner.net, learner.device)
+        if fresh:
+            horizons.append(learner.stream.horizon_of(carry))
+        learner.stream.carry = replace(carry, step=carry.step + 2)
+    assert set(horizons) == {2, 4, 8}
+    straight = fit_tiny(tmp_path, 9, net=net(), num_steps=8, unroll=2, horizon_choices=[2, 4, 8])
+    fit_tiny(tmp_path, 5, save=tmp_path / "part.ckpt", net=net(), num_steps=8, unroll=2, horizon_choices=[2, 4, 8])
+    resumed = fit_tiny(tmp_path, 9, ckpt_path=tmp_path / "part.ckpt", net=net(), num_steps=8, unroll=2, horizon_choices=[2, 4, 8])
+    for a, b in zip(straight.net.parameters(), resumed.net.parameters()):
+        assert torch.equal(a, b)
+    assert straight.stream.carry.horizon == resumed.stream.carry.horizon
+    for bad, message in (([3], "multiples of unroll"), ([16], "none longer"), ([], "non-empty"), ([0], "positive")):
+        with pytest.raises(ConfigError, match=message):
+            tiny_learner(num_steps=8, unroll=2, horizon_choices=bad)
+    with pytest.raises(ConfigError, match="not both"):
+        tiny_learner(num_steps=8, unroll=2, horizon_choices=[2], horizon_curriculum=[2, 4])
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import torch
 from l2l_lightning import ConfigError, QuadraticTask
 from l2l_lightning.meta.unroll import bind, unroll
 from l2l_lightning.nets import FeatureLSTM, FeatureMLP, Layout, LearnedOptimizerNet, RoutedNets, Segment, StepInputs
-from l2l_lightning.nets.mlp_kernel import matrix_view
+from l2l_lightning.nets.mlp_kernel import TIMESCALES, matrix_view, time_features
 from l2l_lightning.optim.runtime import StepOptions, step_inplace
 from tests.conftest import fit_tiny
 
@@ -145,3 +145,69 @@ def test_meta_training_resumes_bit_exactly_with_per_tensor_state(tmp_path, net_c
     for (name, a), b in zip(straight.net.state_dict().items(), resumed.net.state_dict().values()):
         assert torch.equal(a, b), name
     assert torch.equal(straight.stream.carry.theta, resumed.stream.carry.theta)
+
+
+def _scheduled_inputs(param: torch.Tensor, step: int, horizon: int, layout: Layout = LAYOUT) -> StepInputs:
+    per_segment = torch.full((len(layout),), step, dtype=torch.long)
+    return StepInputs(param=param, step=per_segment, horizon=torch.full_like(per_segment, horizon))
+
+
+def test_progress_features_are_powers_of_the_clamped_fraction_done():
+    step, horizon = torch.tensor([0, 5, 10, 40]), torch.tensor([10, 10, 10, 10])
+    progress = time_features(step, torch.float64, horizon)[:, len(TIMESCALES) :]
+    expected = torch.tensor([[0.0] * 3, [0.5, 0.25, 0.0625], [1.0] * 3, [1.0] * 3], dtype=torch.float64)
+    torch.testing.assert_close(progress, expected)  # past the horizon it stays at the end
+    assert time_features(step, torch.float64).shape == (4, len(TIMESCALES))  # no horizon: the step embeddings only
+
+
+@pytest.mark.parametrize("net_class", NETS)
+def test_a_scheduled_net_reads_the_horizon_and_deployment_matches_forward(net_class):
+    net, n = _random_net(net_class, schedule=True), LAYOUT.numel
+    assert net.inputs.horizon and net.config["schedule"] is True
+    assert "schedule" not in _random_net(net_class).config  # off: the spec of files from before it, unchanged
+    coordinates, tensors = net.init_state(LAYOUT)
+    states, tensor_states = [s.clone() for s in coordinates.split(LAYOUT.sizes, dim=1)], [t.clone() for t in tensors]
+    param, grad = torch.randn(n), torch.randn(n)
+    early, _ = net(grad, (coordinates, tensors), LAYOUT, inputs=_scheduled_inputs(param, 3, 1000))
+    late, _ = net(grad, (coordinates, tensors), LAYOUT, inputs=_scheduled_inputs(param, 3, 4))
+    assert not torch.allclose(early, late)  # the same step of a shorter run is further through it
+    deployed = step_inplace(
+        net, grad, states, LAYOUT, tensor_states=tensor_states, inputs=_scheduled_inputs(param, 3, 4),
+        options=StepOptions(chunk_size=7),
+    )  # fmt: skip
+    torch.testing.assert_close(deployed, late, rtol=1e-5, atol=1e-9)
+    with pytest.raises(ConfigError, match="horizon"):
+        net(grad, (coordinates, tensors), LAYOUT, inputs=_inputs(param, 3))
+
+
+@pytest.mark.parametrize("net_class", NETS)
+def test_without_normalisation_the_features_are_raw_and_deployment_matches_forward(net_class):
+    net, raw = _random_net(net_class), _random_net(net_class, normalise=False)
+    assert raw.config["normalise"] is False and "normalise" not in net.config
+    param, grad = torch.randn(LAYOUT.numel), torch.randn(LAYOUT.numel) * 1e3
+    normalised, _ = net(grad, net.init_state(LAYOUT), LAYOUT, inputs=_inputs(param, 0))
+    update, _ = raw(grad, raw.init_state(LAYOUT), LAYOUT, inputs=_inputs(param, 0))
+    assert not torch.allclose(update, normalised)  # the same weights read other inputs
+    coordinates, tensors = raw.init_state(LAYOUT)
+    deployed = step_inplace(
+        raw, grad, [s.clone() for s in coordinates.split(LAYOUT.sizes, dim=1)], LAYOUT,
+        tensor_states=[t.clone() for t in tensors], inputs=_inputs(param, 0), options=StepOptions(chunk_size=7),
+    )  # fmt: skip
+    torch.testing.assert_close(deployed, update, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("net_class", NETS)
+def test_warm_start_adds_a_schedule_without_changing_a_step(net_class):
+    trained = _random_net(net_class, output="tanh")
+    scheduled = net_class(**{**trained.config, "schedule": True})
+    assert scheduled.warm_start(trained)
+    state, new_state = trained.init_state(LAYOUT), scheduled.init_state(LAYOUT)
+    param = torch.randn(LAYOUT.numel)
+    for step in range(3):  # with its progress weights at zero, the scheduled net steps as the trained one
+        grad = torch.randn(LAYOUT.numel)
+        update, state = trained(grad, state, LAYOUT, inputs=_inputs(param, step))
+        new_update, new_state = scheduled(grad, new_state, LAYOUT, inputs=_scheduled_inputs(param, step, 5))
+        torch.testing.assert_close(new_update, update, rtol=1e-5, atol=1e-9)  # a wider matmul: rounding only
+        param = param + update
+    assert not scheduled.warm_start(_random_net(net_class, output="linear"))  # other settings: no warm start
+    assert not net_class(**trained.config).warm_start(trained)  # nothing to add

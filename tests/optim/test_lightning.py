@@ -12,7 +12,9 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 from lightning.pytorch.plugins import MixedPrecision
 
-from l2l_lightning import CheckpointError, ConfigError, CoordinatewiseLSTM, LearnedOptimizer, LearnedOptimizerCallback
+from l2l_lightning import (
+    CheckpointError, ConfigError, CoordinatewiseLSTM, FeatureMLP, LearnedOptimizer, LearnedOptimizerCallback,
+)
 from l2l_lightning.optim import SkippedStepWarning
 from l2l_lightning.optim.pretrained import export
 
@@ -141,6 +143,19 @@ def test_callback_takes_every_option_of_the_optimizer(small_net, tmp_path):
     for bad, message in (({"chunk_size": 0}, "chunk_size"), ({"compile": "yes"}, "compile="), ({"fused": 2}, "fused=")):
         with pytest.raises(ConfigError, match=message):
             LearnedOptimizerCallback(small_net, **bad)  # refused before any training
+
+
+def test_callback_tells_a_scheduled_net_the_run_length_and_refuses_a_run_without_end(tmp_path):
+    net = FeatureMLP(schedule=True)
+    for callback, expected in ((LearnedOptimizerCallback(net), 3), (LearnedOptimizerCallback(net, total_steps=10), 10)):
+        trainer = quiet_trainer(max_steps=3, callbacks=[callback], default_root_dir=tmp_path, limit_val_batches=0)
+        trainer.fit(BoringModel())
+        assert trainer.optimizers[0].param_groups[0]["total_steps"] == expected  # the Trainer's, or the one given
+    endless = quiet_trainer(max_steps=-1, max_epochs=-1, callbacks=[LearnedOptimizerCallback(net)], default_root_dir=tmp_path)
+    with pytest.raises(ConfigError, match="needs the run's length.*max_steps"):
+        endless.fit(BoringModel())
+    with pytest.raises(ConfigError, match="total_steps"):
+        LearnedOptimizerCallback(net, total_steps=0)
 
 
 def test_callback_fails_early_on_an_unknown_name(pretrained_dir):

@@ -244,3 +244,51 @@ def test_exported_file_loads_by_path(tmp_path):
     model = _model()
     optimizer = LearnedOptimizer(model.parameters(), checkpoint=str(path))
     _train(model, optimizer, 2)
+
+
+def test_a_scheduled_net_needs_total_steps_and_steps_as_its_forward_does():
+    """total_steps is required and checked, per group, kept in the state dict; the deployed step reads step / total_steps."""
+    net, model = FeatureMLP(step_mult=0.01, schedule=True), _model()
+    for bad in (None, 0, 2.5, True):
+        with pytest.raises(ConfigError, match="total_steps"):
+            LearnedOptimizer(model.parameters(), checkpoint=net, total_steps=bad)
+    reference = copy.deepcopy(model)
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint=net, total_steps=4, chunk_size=16)
+    layout = Layout.of_module(reference)
+    state = net.init_state(layout)
+    for step in range(6):  # past total_steps the net reads "done"
+        _closure(model, optimizer)()
+        optimizer.step()
+        reference.zero_grad()
+        _closure(reference, torch.optim.SGD(reference.parameters()))()
+        flat = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
+        grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
+        steps = torch.full((len(layout),), step, dtype=torch.long)
+        inputs = StepInputs(param=flat, step=steps, horizon=torch.full_like(steps, 4))
+        update, state = net(grad, state, layout, inputs=inputs)
+        with torch.no_grad():
+            for p, u in zip(reference.parameters(), update.split(layout.sizes)):
+                p.add_(u.view_as(p))
+    for a, b in zip(model.parameters(), reference.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    saved = optimizer.state_dict()
+    assert saved["param_groups"][0]["total_steps"] == 4
+    for group in saved["param_groups"]:
+        del group["total_steps"]  # a state dict of a version before total_steps: the optimizer's own is kept
+    fresh = LearnedOptimizer(model.parameters(), checkpoint=net, total_steps=9)
+    fresh.load_state_dict(saved)
+    assert fresh.param_groups[0]["total_steps"] == 9
+    saved["param_groups"][0]["total_steps"] = -1
+    with pytest.raises(CheckpointError, match="total_steps"):
+        fresh.load_state_dict(saved)
+    plain = LearnedOptimizer(_model().parameters(), checkpoint=FeatureMLP())  # a net without a schedule needs none
+    assert plain.param_groups[0]["total_steps"] is None
+
+
+def test_unroll_of_a_scheduled_net_needs_the_horizon():
+    problem = QuadraticTask(dim=3, num_problems=2).sample(torch.Generator().manual_seed(0))
+    net = FeatureMLP(schedule=True).bind(problem.layout)
+    theta, state = problem.initial_params(), net.init_state(problem.layout)
+    with pytest.raises(ConfigError, match="horizon"):
+        unroll(net, problem, theta, state, 0, 2, meta_grad=False)
+    assert unroll(net, problem, theta, state, 0, 2, meta_grad=False, horizon=4).losses.shape[0] == 2

@@ -52,6 +52,7 @@ class Truncation:
     steps: int  #: inner steps to run
     fresh: bool  #: ``problem`` was just drawn (``start == 0``): per-problem state starts anew
     objective: Objective
+    horizon: int  #: the inner steps ``problem`` is trained for in all (``unroll(horizon=)``)
     second_derivatives: bool = False
     imitation: Optional["Imitation"] = None  #: an auxiliary term on the updates (TruncatedBPTT only)
 

@@ -89,12 +89,15 @@ class PES(OuterEstimator):
         for index, (theta, state) in enumerate(self._particles):
             with torch.no_grad():
                 vector_to_parameters(phi + eps[index], perturbed.parameters())
-            result = unroll(perturbed.bind(run.problem.layout), run.problem, theta, state, run.start, run.steps, meta_grad=False)
+            result = unroll(
+                perturbed.bind(run.problem.layout), run.problem, theta, state, run.start, run.steps, meta_grad=False,
+                horizon=run.horizon,
+            )
             losses.append(run.objective(result.losses, run.start))
             particles.append((result.theta, result.state))
         self._particles = particles
         estimate = (self._xi * torch.stack(losses).unsqueeze(1)).sum(0) / (k * sigma**2)
-        central = unroll(run.bound, run.problem, run.theta, run.state, run.start, run.steps, meta_grad=False)
+        central = unroll(run.bound, run.problem, run.theta, run.state, run.start, run.steps, meta_grad=False, horizon=run.horizon)
         surrogate = sum((g.view_as(p) * p).sum() for g, p in zip(estimate.split([p.numel() for p in params]), params))
         meta_loss = run.objective(central.losses, run.start)
         return TruncationResult(surrogate, meta_loss, central.losses[-1].mean(), central.theta, central.state)

@@ -21,6 +21,7 @@ class TruncatedBPTT(OuterEstimator):
         losses, theta, state = unroll(
             run.bound, run.problem, run.theta, run.state, run.start, run.steps,
             second_derivatives=run.second_derivatives, on_step=None if imitation is None else imitation.observe,
+            horizon=run.horizon,
         )  # fmt: skip
         meta_loss = run.objective(losses, run.start)
         if imitation is None:
