@@ -71,6 +71,21 @@ def _train(model: nn.Module, optimizer: LearnedOptimizer, steps: int) -> None:
         optimizer.step(_closure(model, optimizer))
 
 
+def _forward_step(net: FeatureMLP, model: nn.Module, layout: Layout, state: Any, step: int, horizon: Optional[int] = None) -> Any:
+    """One step of ``model`` by the net's differentiable forward on its flat parameters (what deployment must equal)."""
+    model.zero_grad()
+    _closure(model, torch.optim.SGD(model.parameters()))()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    grad = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    steps = torch.full((len(layout),), step, dtype=torch.long)
+    inputs = StepInputs(param=flat, step=steps, horizon=None if horizon is None else torch.full_like(steps, horizon))
+    update, state = net(grad, state, layout, inputs=inputs)
+    with torch.no_grad():
+        for p, u in zip(model.parameters(), update.split(layout.sizes)):
+            p.add_(u.view_as(p))
+    return state
+
+
 def test_feature_mlp_trains_a_model_and_resumes_bit_for_bit():
     net = FeatureMLP(step_mult=0.01)
     model = _model()
@@ -101,15 +116,7 @@ def test_deployment_equals_the_meta_training_step():
     for step in range(3):
         _closure(model, optimizer)()
         optimizer.step()
-        reference.zero_grad()
-        _closure(reference, torch.optim.SGD(reference.parameters()))()
-        flat = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
-        grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
-        steps = torch.full((len(layout),), step, dtype=torch.long)
-        update, state = net(grad, state, layout, inputs=StepInputs(param=flat, step=steps))
-        with torch.no_grad():
-            for p, u in zip(reference.parameters(), update.split(layout.sizes)):
-                p.add_(u.view_as(p))
+        state = _forward_step(net, reference, layout, state, step)
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
@@ -259,16 +266,7 @@ def test_a_scheduled_net_needs_total_steps_and_steps_as_its_forward_does():
     for step in range(6):  # past total_steps the net reads "done"
         _closure(model, optimizer)()
         optimizer.step()
-        reference.zero_grad()
-        _closure(reference, torch.optim.SGD(reference.parameters()))()
-        flat = torch.cat([p.detach().reshape(-1) for p in reference.parameters()])
-        grad = torch.cat([p.grad.reshape(-1) for p in reference.parameters()])
-        steps = torch.full((len(layout),), step, dtype=torch.long)
-        inputs = StepInputs(param=flat, step=steps, horizon=torch.full_like(steps, 4))
-        update, state = net(grad, state, layout, inputs=inputs)
-        with torch.no_grad():
-            for p, u in zip(reference.parameters(), update.split(layout.sizes)):
-                p.add_(u.view_as(p))
+        state = _forward_step(net, reference, layout, state, step, horizon=4)
     for a, b in zip(model.parameters(), reference.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
     saved = optimizer.state_dict()
