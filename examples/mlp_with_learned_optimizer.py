@@ -92,7 +92,9 @@ class MLPWithLearnedOptimizer(MLP):
         self.optimizer_args = {"checkpoint": checkpoint, "lr": lr, "state_dtype": state_dtype}
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        return LearnedOptimizer(self.parameters(), **self.optimizer_args)
+        # the run's length, which a net with a learned schedule (general) reads; others ignore it
+        total_steps = int(self.trainer.estimated_stepping_batches)
+        return LearnedOptimizer(self.parameters(), total_steps=total_steps, **self.optimizer_args)
 
 
 def build(

@@ -29,7 +29,8 @@ def train(checkpoint: str = "general", steps: int = 100, seed: int = 0, lr: floa
     y = x @ torch.randn(10, 1, generator=generator) + 0.1 * torch.randn(256, 1, generator=generator)
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(10, 32), nn.Tanh(), nn.Linear(32, 1))
-    optimizer = LearnedOptimizer(model.parameters(), checkpoint=checkpoint, lr=lr)
+    # total_steps: the run's length, which a net with a learned schedule (general) reads; others ignore it
+    optimizer = LearnedOptimizer(model.parameters(), checkpoint=checkpoint, lr=lr, total_steps=steps)
     losses = []
     for _ in range(steps):
         optimizer.zero_grad()

@@ -106,7 +106,7 @@ def contender(entry: str, grids: dict[str, list[float]], learned_lrs: list[float
     identity = f"learned:{fingerprint(net)}"
 
     def factory(params: list[torch.nn.Parameter], lr: float, total_steps: int) -> torch.optim.Optimizer:
-        return LearnedOptimizer(params, checkpoint=net, lr=lr, total_steps=total_steps if net.inputs.horizon else None)
+        return LearnedOptimizer(params, checkpoint=net, lr=lr, total_steps=total_steps)  # read by a learned schedule only
 
     rates = [1.0] + [lr for lr in learned_lrs if lr != 1.0]
     return [Contender(label if lr == 1.0 else f"{label}@{lr:g}", factory, identity, "constant", False, [lr]) for lr in rates]

@@ -22,6 +22,8 @@ from l2l_lightning.optim import LearnedOptimizer, available
 #: parameter sizes: below, across and far past one CPU chunk (8192 rows)
 SIZES = [(5,), (30, 10), (97, 101)]
 STEPS = 3
+#: the run's length told to a net with a learned schedule: its fraction done is 0, 1/4, 1/2 over the STEPS steps
+TOTAL_STEPS = 4
 
 
 def gradients(step: int) -> list[torch.Tensor]:
@@ -39,7 +41,7 @@ def replay(name: str) -> list[torch.Tensor]:
     """Parameters after each step: ``STEPS`` rows of the concatenated flat parameters."""
     generator = torch.Generator().manual_seed(7)
     params = [nn.Parameter(torch.randn(shape, generator=generator)) for shape in SIZES]
-    optimizer = LearnedOptimizer(params, checkpoint=name)
+    optimizer = LearnedOptimizer(params, checkpoint=name, total_steps=TOTAL_STEPS)  # ignored by nets without a schedule
     history = []
     for step in range(STEPS):
         for p, g in zip(params, gradients(step)):
