@@ -27,7 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import common  # noqa: E402
 from step_overhead import make_model, parse_size  # noqa: E402
 
-from l2l_lightning import CoordinatewiseLSTM, FeatureLSTM, FeatureMLP, LearnedOptimizer  # noqa: E402
+from l2l_lightning import CoordinatewiseLSTM, FeatureLSTM, LearnedOptimizer  # noqa: E402
+from l2l_lightning.optim.pretrained import load_net  # noqa: E402
 
 
 def state_bytes(optimizer: LearnedOptimizer) -> int:
@@ -46,18 +47,19 @@ def main(argv: list[str] | None = None) -> str:
     where = common.machine("cpu")
     torch.manual_seed(0)
     lstm_net = CoordinatewiseLSTM(hidden_size=20, num_layers=2, preprocess="log_sign", p=10.0, output_scale=0.1)
-    feature_net, feature_lstm_net = FeatureMLP(), FeatureLSTM()
+    # the shipped `general` (a FeatureMLP of 32×2 units with a learned schedule): what users deploy
+    feature_net, feature_lstm_net = load_net("general"), FeatureLSTM()
     rows = []
     for label in args.sizes.split(","):
         params = make_model(parse_size(label), "cpu", seed=0)
         n = sum(p.numel() for p in params)
-        features = LearnedOptimizer(params, feature_net, compile=False)
+        features = LearnedOptimizer(params, feature_net, compile=False, total_steps=1000)
         feature_lstm = LearnedOptimizer(params, feature_lstm_net, compile=False)
         lstm = LearnedOptimizer(params, lstm_net, compile=False)
         adam = torch.optim.Adam(params, lr=1e-3)
         fns = {"features": features.step, "feature_lstm": feature_lstm.step, "lstm": lstm.step, "adam": adam.step}
         if args.with_compiled:
-            fns["compiled"] = LearnedOptimizer(params, feature_net, compile=True).step
+            fns["compiled"] = LearnedOptimizer(params, feature_net, compile=True, total_steps=1000).step
         times = common.interleaved(fns, args.repeats)
         row = [
             f"{label.strip()} ({n:,})",
@@ -73,7 +75,7 @@ def main(argv: list[str] | None = None) -> str:
             row.append(f"{common.fmt_time(times['compiled'])} ({times['features'] / times['compiled']:.2f}×)")
         rows.append(row)
     header = [
-        "parameters", "FeatureMLP step", "FeatureLSTM step", "paper LSTM step", "Adam step",
+        "parameters", "FeatureMLP (`general`) step", "FeatureLSTM step", "paper LSTM step", "Adam step",
         "FeatureMLP ÷ LSTM / ÷ Adam", "FeatureLSTM ÷ LSTM / ÷ Adam", "state / param: MLP / FeatureLSTM / LSTM",
     ] + (["compiled (eager / compiled)"] if args.with_compiled else [])  # fmt: skip
     out = common.report(
