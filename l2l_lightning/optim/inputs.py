@@ -7,8 +7,9 @@ optimizee to the net):
 * ``param``: the parameters (their local shards) before the step, flattened like the gradient;
 * ``step``: each parameter's ``"step"`` count before this step (0 at its first), so a parameter
   that joined later (``add_param_group``, unfreezing) has its own clock;
-* ``horizon``: each parameter's group's ``total_steps`` (checked when the group was added; a
-  state dict of an earlier version, which has none, is refused here before anything changes);
+* ``horizon``: each parameter's group's ``total_steps`` (checked when the group is added and when
+  a state dict is loaded; one missing here is a :class:`~l2l_lightning.errors.ConfigError` before
+  anything changes);
 * ``loss``: the loss of ``step(closure)`` (the closure's return value) or of ``step(loss=...)``,
   as a one-element tensor.  Under DDP each rank computed the loss of its own batch, so it is
   averaged over ranks (one all-reduce of one number): every rank then steps identically, as the
