@@ -38,6 +38,23 @@ class Carry:
     horizon: Optional[int] = None  #: the problem's own horizon, drawn from ``horizon_choices`` (else the stream's)
 
 
+def _check_horizons(
+    setting: str, horizons: Sequence[int], num_steps: int, unroll: int, increasing: bool = False
+) -> list[int]:
+    """``horizons`` as a list if it is a non-empty list of multiples of ``unroll`` up to ``num_steps``
+    (strictly increasing if ``increasing``), else a :class:`ConfigError` naming ``setting``."""
+    horizons = list(horizons)
+    for h in horizons:
+        check_positive_int(f"MetaLearner: {setting} entry", h)
+    ordered = not increasing or horizons == sorted(set(horizons))
+    if not horizons or any(h % unroll or h > num_steps for h in horizons) or not ordered:
+        raise ConfigError(
+            f"MetaLearner: {setting}={horizons!r} must be a non-empty list of {'strictly increasing ' if increasing else ''}"
+            f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
+        )
+    return horizons
+
+
 def check_horizon_choices(
     choices: Optional[Sequence[int]], num_steps: int, unroll: int, curriculum: Optional[Sequence[int]]
 ) -> Optional[list[int]]:
@@ -46,29 +63,14 @@ def check_horizon_choices(
         return None
     if curriculum is not None:
         raise ConfigError("MetaLearner: give horizon_choices or horizon_curriculum, not both")
-    choices = list(choices)
-    for h in choices:
-        check_positive_int("MetaLearner: horizon_choices entry", h)
-    if not choices or any(h % unroll or h > num_steps for h in choices):
-        raise ConfigError(
-            f"MetaLearner: horizon_choices={choices!r} must be a non-empty list of multiples of unroll={unroll}, "
-            f"none longer than num_steps={num_steps}"
-        )
-    return choices
+    return _check_horizons("horizon_choices", choices, num_steps, unroll)
 
 
 def check_curriculum(horizons: Optional[Sequence[int]], num_steps: int, unroll: int) -> list[int]:
     """The horizons meta-training goes through: the curriculum's, then ``num_steps``."""
     if horizons is None:
         return [num_steps]
-    horizons = list(horizons)
-    for h in horizons:
-        check_positive_int("MetaLearner: horizon_curriculum entry", h)
-    if not horizons or any(h % unroll for h in horizons) or horizons != sorted(set(horizons)) or horizons[-1] > num_steps:
-        raise ConfigError(
-            f"MetaLearner: horizon_curriculum={horizons!r} must be a non-empty list of strictly increasing "
-            f"multiples of unroll={unroll}, none longer than num_steps={num_steps}"
-        )
+    horizons = _check_horizons("horizon_curriculum", horizons, num_steps, unroll, increasing=True)
     return horizons if horizons[-1] == num_steps else [*horizons, num_steps]
 
 
@@ -102,11 +104,13 @@ class ProblemStream:
         """Inner steps ``carry``'s problem runs: its own drawn horizon, else the stream's now."""
         return self.horizon if carry.horizon is None else carry.horizon
 
-    def _draw_horizon(self) -> Optional[int]:
-        """A fresh problem's own horizon (``None`` without ``choices``: no draw, the stream is as before)."""
+    def _draw_with_horizon(self, device: torch.device) -> tuple[Problem, Optional[int]]:
+        """The next problem and its own horizon (``None`` without ``choices``: no draw, the stream is as
+        before); one place, so a resume re-draws both in the same order."""
+        problem = self.draw(device)
         if not self.choices:
-            return None
-        return self.choices[int(torch.randint(len(self.choices), (), generator=self.generator))]
+            return problem, None
+        return problem, self.choices[int(torch.randint(len(self.choices), (), generator=self.generator))]
 
     def start(self, seed: int) -> None:
         """A fresh stream (each rank, and each run not resumed exactly, draws its own)."""
@@ -128,8 +132,7 @@ class ProblemStream:
         if carry is not None and carry.step < self.horizon_of(carry):
             return carry, False
         self.draw_state = self.generator.get_state()  # to re-draw this problem on resume
-        problem = self.draw(device)
-        horizon = self._draw_horizon()
+        problem, horizon = self._draw_with_horizon(device)
         theta = problem.initial_params()
         bound = bind(net, problem)
         return Carry(problem, bound, theta, bound.init_state(problem.layout, device=device), 0, horizon), True
@@ -168,8 +171,7 @@ class ProblemStream:
             return
         self.generator.set_state(stream["draw_generator"])
         self.draw_state = stream["draw_generator"].clone()
-        problem = self.draw(device)
-        horizon = self._draw_horizon()
+        problem, horizon = self._draw_with_horizon(device)
         theta = stream["theta"].to(device)
         if not torch.equal(self.generator.get_state(), stream["generator"]) or (
             problem.initial_params().shape != theta.shape

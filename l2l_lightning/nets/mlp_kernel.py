@@ -153,11 +153,12 @@ def features(
 def time_features(step: Tensor, dtype: torch.dtype, horizon: Optional[Tensor] = None) -> Tensor:
     """``tanh(step / timescale − 1)`` at each of :data:`TIMESCALES` (``(segments, 11)``), then, given
     each segment's ``horizon``, the :data:`PROGRESS_POWERS` of the fraction of training done."""
+    column = step.to(dtype).unsqueeze(1)
     timescales = torch.tensor(TIMESCALES, dtype=dtype, device=step.device)
-    embeddings = torch.tanh(step.to(dtype).unsqueeze(1) / timescales - 1)
+    embeddings = torch.tanh(column / timescales - 1)
     if horizon is None:
         return embeddings
-    done = (step.to(dtype) / horizon.to(dtype)).clamp(0, 1).unsqueeze(1)
+    done = (column / horizon.to(dtype).unsqueeze(1)).clamp(0, 1)
     powers = torch.tensor(PROGRESS_POWERS, dtype=dtype, device=step.device)
     return torch.cat((embeddings, done.pow(powers)), dim=1)
 

@@ -60,7 +60,7 @@ def _collective_device() -> torch.device:
 
 def bucket_inputs(
     net: LearnedOptimizerNet, params: Sequence[Tensor], steps: Sequence[Any], loss: Optional[Tensor], device: torch.device,
-    horizons: Sequence[Optional[int]] = (),
+    horizons: Sequence[Optional[int]],
 ) -> Optional[StepInputs]:  # fmt: skip
     """The :class:`StepInputs` ``net`` declared, for the parameters of one bucket (``steps``: their step
     counts; ``horizons``: their groups' ``total_steps``)."""
@@ -71,7 +71,7 @@ def bucket_inputs(
     if reads.step:
         step = torch.stack([torch.as_tensor(s, dtype=torch.int64).to(device) for s in steps])
     if reads.horizon:
-        if len(horizons) != len(params) or any(h is None for h in horizons):
+        if any(h is None for h in horizons):
             check_total_steps(net, None)  # raises: says what to pass
         horizon = torch.tensor(list(horizons), dtype=torch.int64, device=device)
     return StepInputs(
