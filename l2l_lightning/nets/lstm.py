@@ -35,7 +35,7 @@ from torch.autograd.function import once_differentiable
 from l2l_lightning.errors import check_positive_float, check_positive_int
 from l2l_lightning.nets.base import LearnedOptimizerNet
 from l2l_lightning.nets.layout import Layout, as_layout
-from l2l_lightning.nets.lstm_kernel import LSTMKernel, cell, cell_, gate_weights, linear
+from l2l_lightning.nets.lstm_kernel import CellBuffers, LSTMKernel, cell, gate_weights, linear
 from l2l_lightning.nets.preprocessing import PreprocessName, check_preprocess, num_features, preprocess
 from l2l_lightning.torch_compat import functorch_transforms_active
 
@@ -58,11 +58,11 @@ class _LSTMCellFunction(torch.autograd.Function):
         gate_weight, gate_bias = gate_weights(weight, bias, hidden)
         xh = torch.cat((x, h), dim=1)
         g, c_new, tc, h_new = (xh.new_empty(rows, hidden) for _ in range(4))
-        s = cell_(xh, gate_weight, gate_bias, c, hidden, c_new, tc, h_new, g=g)
+        new = cell(xh, gate_weight, gate_bias, c, hidden, CellBuffers(c_new, tc, h_new, g))
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(xh, c, weight, s, g, tc)
+        ctx.save_for_backward(xh, c, weight, new.s, new.g, new.tc)
         ctx.hidden = hidden
-        return h_new, c_new
+        return new.h, new.c
 
     @staticmethod
     @once_differentiable
@@ -119,7 +119,7 @@ class FusedLSTMCell(nn.Module):
     Gate order and initialisation follow :class:`torch.nn.LSTMCell` (i, f, g, o;
     ``U(-1/sqrt(H), 1/sqrt(H))``), so ``weight = cat([weight_ih, weight_hh], 1)`` and
     ``bias = bias_ih + bias_hh`` of an ``nn.LSTMCell`` give the same function.  The
-    arithmetic is :func:`~l2l_lightning.nets.lstm_kernel.cell_` (``tanh`` computed as ``2σ(2x) − 1``, which agrees with
+    arithmetic is :func:`~l2l_lightning.nets.lstm_kernel.cell` (``tanh`` computed as ``2σ(2x) − 1``, which agrees with
     ``torch.tanh`` to a few float32 ulps) with a fused backward (:class:`_LSTMCellFunction`).
     """
 
@@ -139,7 +139,8 @@ class FusedLSTMCell(nn.Module):
             weight, bias = weight.to(x.dtype), bias.to(x.dtype)
         if functorch_transforms_active():  # vmap/grad/jacrev: plain differentiable ops (a custom node cannot be vmapped)
             weight, bias = gate_weights(weight, bias, self.hidden_size)
-            return cell(torch.cat((x, h), dim=1), weight, bias, c, self.hidden_size)
+            new = cell(torch.cat((x, h), dim=1), weight, bias, c, self.hidden_size)
+            return new.h, new.c
         return _LSTMCellFunction.apply(x, h, c, weight, bias)
 
 

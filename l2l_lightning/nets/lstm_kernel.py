@@ -1,14 +1,14 @@
-"""The coordinatewise LSTM's arithmetic, written for its two uses: the cell, and the deployment kernel.
+"""The coordinatewise LSTM's arithmetic, written once: the cell, and the deployment kernel built on it.
 
-:func:`cell_` is the LSTM cell: the four gates are one matrix product on ``[input, h]``
+:func:`cell` is the LSTM cell: the four gates are one matrix product on ``[input, h]``
 followed by one ``sigmoid`` (the g rows of the weight are doubled, :func:`gate_weights`, and
 ``tanh(a) = 2σ(2a) − 1``: on CPU ``sigmoid`` is ~10× cheaper than ``tanh``); on CPU in
 float32 the products go through oneDNN (:data:`USE_ONEDNN`), 2-3× faster than MKL's GEMM for
-these skinny shapes.  It writes into caller-owned buffers, so meta-training's autograd node
-(:class:`~l2l_lightning.nets.lstm.FusedLSTMCell`) and the in-place deployment kernel
-(:class:`LSTMKernel`) run exactly the same operations.  :func:`cell` is the same formula in
-out-of-place ops, for what cannot take ``out=`` buffers: ``torch.compile`` (the kernel's
-pure form, :func:`chunk`) and functorch transforms.
+these skinny shapes.  Given :class:`CellBuffers` it writes into them, so meta-training's
+autograd node (:class:`~l2l_lightning.nets.lstm.FusedLSTMCell`) and the in-place deployment
+kernel (:class:`LSTMKernel`) run exactly the same operations; without, the same lines make
+new tensors, for what cannot take ``out=`` buffers: ``torch.compile`` (the kernel's pure
+form, :func:`chunk`) and functorch transforms.
 
 :class:`LSTMKernel` is the :class:`~l2l_lightning.nets.kernel.ChunkKernel` the deployment
 runtime runs; its single-kernel form on CUDA is the Triton kernel beside it,
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Optional, Protocol
+from typing import Any, NamedTuple, Optional, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -86,41 +86,69 @@ def gate_weights(weight: Tensor, bias: Tensor, hidden: int) -> tuple[Tensor, Ten
     return weight, bias
 
 
-def cell_(
-    xh: Tensor, weight: Tensor, bias: Tensor, c_in: Tensor, hidden: int,
-    c_out: Tensor, tc: Tensor, h_out: Tensor, g: Optional[Tensor] = None,
-) -> Tensor:
-    """The LSTM cell's arithmetic, written into caller-owned ``(rows, hidden)`` tensors.
+class CellBuffers(NamedTuple):
+    """Caller-owned ``(rows, hidden)`` tensors that the in-place form of :func:`cell` writes.
 
-    ``weight, bias`` come from :func:`gate_weights`.  Returns the gate activations ``s``
-    (``σ`` of i, f, 2g, o: one matrix product on ``[input, h]`` and one ``sigmoid``) and
-    writes ``tanh(g)`` to ``g`` (default: in place, over the g columns of ``s``), the new
-    cell to ``c_out``, ``tanh(c_out)`` to ``tc`` and the new hidden state to ``h_out``.
-    ``c_out`` may be ``c_in`` and ``h_out`` may be ``tc`` (the in-place deployment step
-    does both).  The autograd function and the chunked no-grad step both run exactly this.
+    ``c`` may be the cell state read (the deployment kernel updates its state in place) and
+    ``h`` may be ``tc``; ``g`` defaults to the g columns of the gate activations.
     """
-    s = linear(xh, weight, bias).sigmoid_()
-    i, f, sg, o = s.split(hidden, dim=1)
-    torch.mul(sg, 2, out=sg if g is None else g).sub_(1)  # tanh(a_g) = 2σ(2 a_g) − 1
-    g = sg if g is None else g
-    torch.mul(f, c_in, out=c_out).addcmul_(i, g)  # c' = f c + i g
-    torch.mul(c_out, 2, out=tc).sigmoid_().mul_(2).sub_(1)  # tanh(c')
-    torch.mul(tc, o, out=h_out)  # h' = o tanh(c')
-    return s
+
+    c: Optional[Tensor]
+    tc: Optional[Tensor]
+    h: Optional[Tensor]
+    g: Optional[Tensor] = None
 
 
-def cell(xh: Tensor, weight: Tensor, bias: Tensor, c: Tensor, hidden: int) -> tuple[Tensor, Tensor]:
-    """:func:`cell_` as out-of-place ops (``(h', c')``): for ``torch.compile`` and ``torch.func`` transforms."""
-    s = torch.sigmoid(torch.addmm(bias, xh, weight.t()))
+class CellOutputs(NamedTuple):
+    """What one cell step computes: the new ``h`` and ``c``, and what its backward reads.
+
+    ``s`` holds ``σ`` of the gates i, f, 2g, o; ``g`` is ``tanh`` of the g gate; ``tc`` is ``tanh(c)``.
+    """
+
+    h: Tensor
+    c: Tensor
+    s: Tensor
+    g: Tensor
+    tc: Tensor
+
+
+_NEW_TENSORS = CellBuffers(None, None, None)
+
+
+def cell(
+    xh: Tensor, weight: Tensor, bias: Tensor, c: Tensor, hidden: int, out: Optional[CellBuffers] = None
+) -> CellOutputs:
+    """The LSTM cell's arithmetic, written once for every use.
+
+    ``weight, bias`` come from :func:`gate_weights`: the four gates are one matrix product on
+    ``[input, h]`` and one ``sigmoid``.  With ``out`` (eager: the autograd node's forward and
+    the deployment kernel) every result goes into a caller-owned buffer or overwrites its
+    input, and the product runs through oneDNN (:func:`linear`).  Without it every op makes a
+    new tensor and the product is ``addmm``: the form ``torch.compile`` (:func:`chunk`) and
+    ``torch.func`` transforms need, since they cannot take ``out=`` buffers and autograd
+    cannot differentiate an op that overwrote what it saved.  The elementwise ops are the same
+    in the same order; the two products agree to float32 rounding.
+    """
+    buffers = _NEW_TENSORS if out is None else out
+
+    def same(t: Tensor) -> Optional[Tensor]:  # in place (``out=t``), or a new tensor (``out=None``)
+        return None if out is None else t
+
+    a = torch.addmm(bias, xh, weight.t()) if out is None else linear(xh, weight, bias)
+    s = torch.sigmoid(a, out=same(a))
     i, f, sg, o = s.split(hidden, dim=1)
-    c = torch.addcmul(f * c, i, sg * 2 - 1)
-    return (torch.sigmoid(c * 2) * 2 - 1) * o, c
+    g = torch.mul(sg, 2, out=same(sg) if buffers.g is None else buffers.g)
+    g = torch.sub(g, 1, out=same(g))  # tanh(a_g) = 2σ(2 a_g) − 1
+    c = torch.addcmul(torch.mul(f, c, out=buffers.c), i, g, out=same(buffers.c))  # c' = f c + i g
+    tc = torch.sigmoid(torch.mul(c, 2, out=buffers.tc), out=same(buffers.tc))
+    tc = torch.sub(torch.mul(tc, 2, out=same(tc)), 1, out=same(tc))  # tanh(c') = 2σ(2c') − 1
+    return CellOutputs(torch.mul(tc, o, out=buffers.h), c, s, g, tc)  # h' = o tanh(c')
 
 
 class LSTMKernel(ChunkKernel):
     """:class:`CoordinatewiseLSTM`'s chunk arithmetic: ``[input, h]`` buffers per layer, in place.
 
-    Each layer is one matrix product on ``[input, h]`` and one ``sigmoid`` (:func:`cell_`),
+    Each layer is one matrix product on ``[input, h]`` and one ``sigmoid`` (:func:`cell`),
     writing the new ``c`` and ``h`` straight into the chunk's state view.
     """
 
@@ -163,7 +191,7 @@ class LSTMKernel(ChunkKernel):
             xh = buffers["xh"][layer][:c]
             self.recurrent(layer, xh[:, xh.shape[1] - hidden :], h_state, rows)
             # tanh(g) overwrites σ(2g) in place (g's columns of s): no separate buffer
-            cell_(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, c_state, h_state, h_state)
+            cell(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, CellBuffers(c_state, h_state, h_state))
             if layer + 1 < net.num_layers:
                 buffers["xh"][layer + 1][:c, :hidden].copy_(h_state)
         update = buffers["update"][:c]
@@ -196,8 +224,7 @@ def chunk(
     new = []
     for layer in range(layers):
         weight, bias = weights[2 * layer], weights[2 * layer + 1]
-        h, c = cell(torch.cat((x, state[layer, 0]), dim=1), weight, bias, state[layer, 1], hidden)
-        new += (h, c)
-        x = h
+        x, c, *_ = cell(torch.cat((x, state[layer, 0]), dim=1), weight, bias, state[layer, 1], hidden)
+        new += (x, c)
     update = torch.addmm(weights[-1], x, weights[-2].t()).squeeze(1) * output_scale
     return update, torch.stack(new).view(state.shape)

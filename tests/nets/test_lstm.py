@@ -217,6 +217,32 @@ def test_forward_split_is_forward_without_the_stacked_state():
     assert torch.equal(update, split_update) and torch.equal(new_state, net.join_state(layers))
 
 
+def test_the_cell_in_place_and_with_new_tensors_is_one_function():
+    """The deployment kernel's aliasing (``c`` updated in place, ``h`` over ``tanh c``) and the
+    new-tensor form give the same cell, and the new-tensor form touches none of its inputs."""
+    from l2l_lightning.nets.lstm_kernel import CellBuffers, cell, gate_weights
+
+    torch.manual_seed(0)
+    rows, hidden = 37, 20
+    lstm = nn.LSTMCell(2, hidden)
+    weight = torch.cat([lstm.weight_ih, lstm.weight_hh], 1).detach()
+    weight, bias = gate_weights(weight, (lstm.bias_ih + lstm.bias_hh).detach(), hidden)
+    x, h, c = torch.randn(rows, 2), torch.randn(rows, hidden), torch.randn(rows, hidden)
+    xh = torch.cat((x, h), 1)
+    xh_before, c_before = xh.clone(), c.clone()
+    new = cell(xh, weight, bias, c, hidden)
+    assert torch.equal(xh, xh_before) and torch.equal(c, c_before)
+    expected_h, expected_c = lstm(x, (h, c))
+    torch.testing.assert_close(new.h, expected_h.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(new.c, expected_c.detach(), rtol=1e-5, atol=1e-6)
+
+    state_c, state_h = c.clone(), torch.empty(rows, hidden)
+    inplace = cell(xh.clone(), weight, bias, state_c, hidden, CellBuffers(state_c, state_h, state_h))
+    assert inplace.c is state_c and inplace.h is state_h  # written where the caller said
+    for name in ("h", "c", "g"):  # (``s``'s g columns now hold ``g``: the kernel's saving of a buffer)
+        torch.testing.assert_close(getattr(inplace, name), getattr(new, name), rtol=1e-6, atol=1e-6)
+
+
 def test_the_fused_cell_backward_is_the_true_gradient():
     from l2l_lightning.nets.lstm import _LSTMCellFunction
 
