@@ -42,7 +42,7 @@ def fresh_process_env(**extra: str) -> dict[str, str]:
     pip compiles every module of a wheel (torch's, Lightning's, ours) to ``.pyc`` at install, so
     imports read bytecode.  A checkout run with ``PYTHONDONTWRITEBYTECODE=1`` (these machines
     set it) compiles the package's own sources again in every process while torch's come from
-    its cache: about 20 ms for the deployment import, billed to us and not to ``import torch``.
+    its cache: 20–30 ms for the deployment import, billed to us and not to ``import torch``.
     So the variable is dropped here; the scripts' first, untimed process writes the cache
     (into the git-ignored ``__pycache__`` folders).  One intra-op thread, as in the other benchmarks.
     """

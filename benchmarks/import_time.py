@@ -10,8 +10,8 @@ with bytecode cached as an installed package has it (``common.fresh_process_env`
 wall-time figure is each statement's median as a ratio to ``import torch``'s in the same run;
 ``import lightning`` is shown for scale (what the deployment import does not pay).  Two
 processes' wall times scatter by several percent, more than the package's own cost, so the
-last line times the deployment import inside one process, after ``import torch``: that is the
-figure for the goal "at most 1.0× ``import torch``" (a cost of +0.00x).
+last line times the deployment import inside one process, after ``import torch``, as a
+fraction of ``import torch``: the figure for the goal "at most 1.0× ``import torch``".
 """
 
 from __future__ import annotations

@@ -90,7 +90,8 @@ class CellBuffers(NamedTuple):
     """Caller-owned ``(rows, hidden)`` tensors that the in-place form of :func:`cell` writes.
 
     ``c`` may be the cell state read (the deployment kernel updates its state in place) and
-    ``h`` may be ``tc``; ``g`` defaults to the g columns of the gate activations.
+    ``h`` may be ``tc``; ``g`` defaults to the g columns of the gate activations.  A ``None``
+    among ``c``, ``tc``, ``h`` is a new tensor for that result.
     """
 
     c: Optional[Tensor]
@@ -191,7 +192,8 @@ class LSTMKernel(ChunkKernel):
             xh = buffers["xh"][layer][:c]
             self.recurrent(layer, xh[:, xh.shape[1] - hidden :], h_state, rows)
             # tanh(g) overwrites σ(2g) in place (g's columns of s): no separate buffer
-            cell(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, CellBuffers(c_state, h_state, h_state))
+            into = CellBuffers(c=c_state, tc=h_state, h=h_state)
+            cell(xh, weights[2 * layer], weights[2 * layer + 1], c_state, hidden, into)
             if layer + 1 < net.num_layers:
                 buffers["xh"][layer + 1][:c, :hidden].copy_(h_state)
         update = buffers["update"][:c]
