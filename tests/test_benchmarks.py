@@ -74,6 +74,7 @@ def test_lr_ranges_runs():
 def test_import_time_runs():
     out = _load("import_time").main(["--rounds", "1"])
     assert "from l2l_lightning.optim import LearnedOptimizer" in out and "÷ import torch" in out
+    assert "Inside one process: `import torch`" in out and "×** `import torch`" in out
 
 
 
