@@ -32,7 +32,7 @@ loading (and nothing else about a net is assumed anywhere):
 that needs none of it is called exactly as before and pays nothing):
 
 * :attr:`~LearnedOptimizerNet.inputs` (an :class:`Inputs`): which of the parameter's current
-  value, the step number and the loss the net reads.  Callers (the unroll, the deployment
+  value, the step number, the loss and the run's horizon the net reads.  Callers (the unroll, the deployment
   runtime) build a :class:`StepInputs` with just those and pass it as ``inputs=`` to
   ``forward`` / ``forward_split``; a net that declares nothing is never given the keyword.
 * :meth:`~LearnedOptimizerNet.tensor_state_shape`: the shape of a per-tensor state for one
@@ -86,8 +86,9 @@ class LearnedOptimizerNet(nn.Module, ABC):
 
     #: The state dimension that indexes coordinates (``state_shape(n)[coordinate_dim] == n``).
     coordinate_dim: int = 0
-    #: What the net reads besides the gradient (default: nothing; see :class:`Inputs`).
-    inputs: ClassVar[Inputs] = Inputs()
+    #: What the net reads besides the gradient (default: nothing; see :class:`Inputs`).  A class
+    #: attribute, or set per instance in ``__init__`` where a setting decides it (a learned schedule).
+    inputs: Inputs = Inputs()
     #: Whether a coordinate's update depends on that coordinate alone (sharded parameters need it).
     coordinatewise: ClassVar[bool] = True
 

@@ -114,13 +114,10 @@ class FeatureNet(LearnedOptimizerNet):
         self.output = check_choice(f"{name}: output", output, ("linear", "tanh"))
         self.schedule = check_bool(f"{name}: schedule", schedule)
         self.normalise = check_bool(f"{name}: normalise", normalise)
+        #: The parameter and the step number; with ``schedule``, also the run's horizon.
+        self.inputs = Inputs(param=True, step=True, horizon=self.schedule)
         self.skip = nn.Parameter(torch.zeros(self.num_features))
         self._index: dict[tuple[Layout, torch.device], tuple[Views, list[Tensor]]] = {}
-
-    @property
-    def inputs(self) -> Inputs:  # type: ignore[override]  # per instance: the schedule is a setting
-        """The parameter and the step number; with ``schedule``, also the run's horizon."""
-        return Inputs(param=True, step=True, horizon=self.schedule)
 
     #: Rows of per-coordinate state after the features' (a recurrent head's).
     recurrent_rows: int = 0
@@ -233,7 +230,7 @@ class FeatureNet(LearnedOptimizerNet):
         if inputs is None or inputs.param is None or inputs.step is None or (self.schedule and inputs.horizon is None):
             raise ConfigError(
                 f"{type(self).__name__} reads the parameters and the step number{' and the horizon' if self.schedule else ''}: "
-                "pass inputs=StepInputs(param=..., step=...)"
+                f"pass inputs=StepInputs(param=..., step=...{', horizon=...' if self.schedule else ''})"
             )
         coordinates, tensors = state
         views, (segment, row_slot, col_slot, row_segment, row_count, col_count, rows, sizes) = self._indices(layout, grad.device)
