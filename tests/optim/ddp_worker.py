@@ -88,6 +88,8 @@ def main(out_dir: Path, kind: str = "lstm") -> None:
         },
         out_dir / f"rank{trainer.global_rank}.pt",
     )
+    # before exit: a gloo group left to Python's shutdown can abort the process (exit -6)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -73,6 +73,8 @@ def main(out_dir: Path, mode: str) -> None:
     if trainer.global_rank == 0:
         torch.save({"params": params, "optimizer": type(optimizer).__name__, "global_step": trainer.global_step},
                    out_dir / f"{mode}.pt")  # fmt: skip
+    # before exit: a gloo group left to Python's shutdown can abort the process (exit -6)
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
