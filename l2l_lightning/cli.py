@@ -372,29 +372,6 @@ def _output_settings() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-@contextmanager
-def _ends_its_process_group() -> Iterator[None]:
-    """Destroys the process group a distributed run started (``--trainer.strategy ddp``) before Python exits.
-
-    Lightning destroys it at exit for NCCL only.  A gloo group (DDP on CPUs) left to the interpreter's
-    shutdown now and then aborts the process after a successful run (``terminate called without an
-    active exception``, exit status -6: its worker threads outlive the interpreter), so a script
-    or CI job that ran ``l2l fit`` on two CPU processes would see a failure that did not happen.  A
-    group that existed before the command (a caller's own) is left alone.
-    """
-    import torch.distributed as dist
-
-    def initialized() -> bool:
-        return dist.is_available() and dist.is_initialized()
-
-    callers = initialized()
-    try:
-        yield
-    finally:
-        if not callers and initialized():
-            dist.destroy_process_group()
-
-
 def compare_main(args: list[str]) -> None:
     """``l2l compare``: see :func:`l2l_lightning.compare.compare` (every argument is a flag)."""
     from jsonargparse import ActionConfigFile, ArgumentParser
@@ -440,7 +417,7 @@ def main(args: Optional[ArgsType] = None) -> None:
         argv, verbose = pop_verbose(argv)
         if args is None:
             sys.argv[1:] = argv  # LightningCLI reads sys.argv itself (and warns when given both)
-    with _output_settings(), _ends_its_process_group():
+    with _output_settings():
         if not verbose:
             quiet_lightning()
         try:

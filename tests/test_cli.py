@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from l2l_lightning.cli import main
 from l2l_lightning.optim.pretrained import export, load_net
@@ -110,7 +109,7 @@ def test_top_level_optimizer_and_scheduler_are_applied(tmp_path):
 
 
 DDP_SCRIPT = """
-import sys, torch, lightning as L
+import os, sys, torch, lightning as L
 from l2l_lightning import MetaLearner, QuadraticTask, CoordinatewiseLSTM
 
 class Record(L.Callback):
@@ -128,8 +127,8 @@ trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=3, l
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     num_sanity_val_steps=0, callbacks=[Record()])
 trainer.fit(learner)
-# before exit: a gloo group left to Python's shutdown can abort the process (exit -6)
-torch.distributed.destroy_process_group()
+sys.stdout.flush(), sys.stderr.flush()
+os._exit(0)  # gloo's threads can abort Python's finalization: see tests/optim/lightning_fsdp_worker.py
 """
 
 
@@ -156,26 +155,6 @@ def test_ddp_from_the_command_line(tmp_path):
                           timeout=300, cwd=tmp_path, env=env)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "test/mean_loss" in proc.stdout
-
-
-@pytest.mark.parametrize("callers_group", [False, True])
-def test_the_command_ends_the_process_group_it_started_and_leaves_a_callers(callers_group, tmp_path, monkeypatch):
-    """A gloo group left to the interpreter's shutdown can abort a successful DDP run on CPUs (exit -6)."""
-    for key in ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE", "RANK"):
-        # Lightning leaves these in os.environ; a later test's DDP child that inherits LOCAL_RANK would
-        # think itself rank 1 and wait for ever.  Setting first records their absence, so undo drops them.
-        monkeypatch.setenv(key, "")
-        monkeypatch.delenv(key)
-    if callers_group:
-        dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    try:
-        run_cli(["--trainer.strategy", "ddp", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-                 "--test_after_fit", "false"], tmp_path)  # fmt: skip
-        assert next(tmp_path.glob("quadratic/version_*/checkpoints/last.ckpt"))  # the run happened
-        assert dist.is_initialized() == callers_group
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 def test_same_seed_same_weights_from_the_command_line(tmp_path):
