@@ -127,7 +127,8 @@ trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=3, l
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     num_sanity_val_steps=0, callbacks=[Record()])
 trainer.fit(learner)
-sys.stdout.flush(), sys.stderr.flush()
+sys.stdout.flush()
+sys.stderr.flush()
 os._exit(0)  # gloo's threads can abort Python's finalization: see tests/optim/lightning_fsdp_worker.py
 """
 

@@ -93,5 +93,6 @@ def main(out_dir: Path, kind: str = "lstm") -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), *sys.argv[2:3])
-    sys.stdout.flush(), sys.stderr.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)  # gloo's threads can abort Python's finalization: see lightning_fsdp_worker.py
