@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,18 +49,20 @@ print(middle - start, time.perf_counter() - middle)
 """
 
 
+def run_fresh(code: str, **kwargs: Any) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh process, as the benchmark times it (bytecode cached, one thread)."""
+    return subprocess.run([sys.executable, "-c", code], check=True, env=common.fresh_process_env(), cwd=HERE.parent, **kwargs)
+
+
 def time_statement(code: str) -> float:
-    env = common.fresh_process_env()
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=HERE.parent)
+    run_fresh(code)
     return time.perf_counter() - start
 
 
 def time_inside() -> tuple[float, float]:
     """``(import torch, the deployment import after it)`` in seconds, timed inside one fresh process."""
-    result = subprocess.run([sys.executable, "-c", INSIDE], check=True, env=common.fresh_process_env(),
-                            cwd=HERE.parent, capture_output=True, text=True)  # fmt: skip
-    torch_time, ours = map(float, result.stdout.split())
+    torch_time, ours = map(float, run_fresh(INSIDE, capture_output=True, text=True).stdout.split())
     return torch_time, ours
 
 

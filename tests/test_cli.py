@@ -109,8 +109,9 @@ def test_top_level_optimizer_and_scheduler_are_applied(tmp_path):
 
 
 DDP_SCRIPT = """
-import os, sys, torch, lightning as L
+import sys, torch, lightning as L
 from l2l_lightning import MetaLearner, QuadraticTask, CoordinatewiseLSTM
+from tests.optim.gloo_exit import exit_without_finalizing
 
 class Record(L.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
@@ -127,9 +128,7 @@ trainer = L.Trainer(strategy="ddp", accelerator="cpu", devices=2, max_steps=3, l
                     enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                     num_sanity_val_steps=0, callbacks=[Record()])
 trainer.fit(learner)
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(0)  # gloo's threads can abort Python's finalization: see tests/optim/lightning_fsdp_worker.py
+exit_without_finalizing()
 """
 
 

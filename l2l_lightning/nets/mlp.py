@@ -227,10 +227,11 @@ class FeatureNet(LearnedOptimizerNet):
         """
         layout = as_layout(grad.shape[0] if layout is None else layout)
         layout.check(grad)
-        if inputs is None or inputs.param is None or inputs.step is None or (self.schedule and inputs.horizon is None):
+        needed = [name for name in ("param", "step", "horizon") if getattr(self.inputs, name)]  # what it declared
+        if inputs is None or any(getattr(inputs, name) is None for name in needed):
             raise ConfigError(
-                f"{type(self).__name__} reads the parameters and the step number{' and the horizon' if self.schedule else ''}: "
-                f"pass inputs=StepInputs(param=..., step=...{', horizon=...' if self.schedule else ''})"
+                f"{type(self).__name__} reads {', '.join(needed)} besides the gradient: "
+                f"pass inputs=StepInputs({', '.join(f'{name}=...' for name in needed)})"
             )
         coordinates, tensors = state
         views, (segment, row_slot, col_slot, row_segment, row_count, col_count, rows, sizes) = self._indices(layout, grad.device)

@@ -13,7 +13,6 @@ test can check that every rank ends with identical parameters and LSTM states.
 from __future__ import annotations
 
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
@@ -24,6 +23,8 @@ from torch import Tensor
 
 from l2l_lightning import CoordinatewiseLSTM, FeatureMLP, GlobalAveragingLSTM
 from l2l_lightning.nets import Inputs, LearnedOptimizerNet, StepInputs
+
+from gloo_exit import exit_without_finalizing  # beside this script
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -93,6 +94,4 @@ def main(out_dir: Path, kind: str = "lstm") -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), *sys.argv[2:3])
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)  # gloo's threads can abort Python's finalization: see lightning_fsdp_worker.py
+    exit_without_finalizing()

@@ -8,7 +8,6 @@ parameters and the optimizer's class.  Lightning relaunches this script for rank
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
@@ -19,6 +18,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from l2l_lightning import CoordinatewiseLSTM, LearnedOptimizerCallback
+
+from gloo_exit import exit_without_finalizing  # beside this script
 
 EPOCHS = 4
 
@@ -78,10 +79,4 @@ def main(out_dir: Path, mode: str) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), sys.argv[2])
-    # Leave without finalizing the interpreter.  gloo's worker threads outlive the run, even
-    # destroy_process_group() (torch's DTensor caches keep the mesh's groups alive), and one still
-    # dropping a collective's tensors when Python finalizes cannot take the GIL: std::terminate,
-    # exit -6, in 8 of 147 runs here (a core dump shows ProcessGroupGloo::runLoop there).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_without_finalizing()
